@@ -1,0 +1,27 @@
+"""Per-request energy: each instant's energy split evenly among the requests in flight."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def per_request_energy_j(meter: Any, records: Sequence[Any]) -> dict[str, float]:
+    """Joules attributed to each request id.
+
+    Definition: cut the suite window at every request start and end; the energy of each
+    piece (from the meter's sampled series) goes in equal shares to the requests in flight
+    during it. Pieces with no request in flight (client turnaround) are attributed to no
+    one, so the sum is at most the suite energy. Sequential replay gives each request the
+    energy between its own start and end.
+    """
+    spans = [(r.id, r.start_s, r.end_s) for r in records if r.end_s > r.start_s]
+    cuts = sorted({t for _, a, b in spans for t in (a, b)})
+    shares = {r.id: 0.0 for r in records}
+    for t0, t1 in zip(cuts, cuts[1:]):
+        live = [rid for rid, a, b in spans if a <= t0 and b >= t1]
+        if live:
+            joules = meter.energy_between(t0, t1, name="piece").energy_j
+            for rid in live:
+                shares[rid] += joules / len(live)
+    return shares

@@ -1,0 +1,260 @@
+"""The run directory, its result.json, and the flat results/runs.jsonl log."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness.atomic_io import json_line, write_json_atomic, write_jsonl_atomic, write_text_atomic, write_yaml_atomic
+from harness.request_stats import Counts, Latency, Percentiles, Throughput
+
+# The atomic writers are re-exported: callers write every run-directory file through here.
+__all__ = [
+    "RunPaths", "RunResult", "append_row", "flat_row", "load_result", "new_run_dir", "read_rows",
+    "write_json_atomic", "write_jsonl_atomic", "write_result", "write_text_atomic", "write_yaml_atomic",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+RESULT_FILE = "result.json"
+STATUSES = ("ok", "failed")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where each file of one run lives inside its run directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def vllm_config(self) -> Path:
+        return self.root / "vllm_config.yaml"
+
+    @property
+    def server_log(self) -> Path:
+        return self.root / "server.log"
+
+    @property
+    def requests(self) -> Path:
+        return self.root / "requests.jsonl"
+
+    @property
+    def power_trace(self) -> Path:
+        return self.root / "power_trace.csv"
+
+    @property
+    def result(self) -> Path:
+        return self.root / RESULT_FILE
+
+
+def new_run_dir(results_root: Path | str, variant: str, started: datetime) -> RunPaths:
+    """Creates results_root/runs/<UTC start>-<variant>[-n], never reusing an existing one."""
+    base = Path(results_root) / "runs" / f"{started.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{variant}"
+    for attempt in range(1000):
+        candidate = base if attempt == 0 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            candidate.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return RunPaths(candidate)
+    raise FileExistsError(f"1000 run directories named {base.name}* exist; clean {base.parent}")
+
+
+def _append_locked(fd: int, data: bytes) -> None:
+    # A crash mid-append can leave a torn last line without its newline; start on a fresh
+    # line so the new row is not glued onto it (read_rows then skips only the torn one).
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        data = b"\n" + data
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    os.fsync(fd)
+
+
+def append_row(path: Path | str, row: Mapping[str, Any]) -> None:
+    """Appends `row` as one JSON line to `path` (results/runs.jsonl), safe across processes.
+
+    The line is serialised before the file is opened; it is appended with O_APPEND under an
+    exclusive fcntl lock (parallel Hydra jobs never interleave) and fsynced.
+    """
+    line = json_line(row, path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Read-write so the last byte can be checked; O_APPEND still puts every write at the end.
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            _append_locked(fd, (line + "\n").encode("utf-8"))
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def read_rows(path: Path | str) -> list[dict[str, Any]]:
+    """Reads results/runs.jsonl; a line that is not a whole JSON object is skipped and logged.
+
+    Returns an empty list when the file does not exist yet.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                log.warning("%s line %d skipped: not a whole JSON row (%s); a write was cut off", path, number, error)
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                log.warning("%s line %d skipped: a JSON %s, not an object", path, number, type(row).__name__)
+    return rows
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything one run produced; written as result.json in its run directory.
+
+    `energy` is {"source": "measured"|"modeled", "windows": [Window as dict, ...]};
+    `quality` is QualityReport.to_dict(); `gate` is Gate.to_dict() or None when no
+    baseline was available; `serve` holds the server's effective settings.
+    """
+
+    run_id: str
+    variant: str
+    status: str
+    started_at: str
+    ended_at: str
+    config: Mapping[str, Any]
+    provenance: Mapping[str, Any]
+    serve: Mapping[str, Any]
+    energy: Mapping[str, Any]
+    quality: Mapping[str, Any]
+    latency: Latency | None
+    throughput: Throughput | None
+    counts: Counts | None
+    gate: Mapping[str, Any] | None = None
+    error: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"RunResult.status must be one of {STATUSES}, got {self.status!r}")
+        if self.status == "failed" and not self.error:
+            raise ValueError("a failed RunResult needs `error` saying what went wrong")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunResult:
+        """Rebuilds a RunResult from result.json; refuses other schema versions."""
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"result schema_version {version!r} is not {SCHEMA_VERSION}; re-run the variant with this harness")
+        values = dict(data)
+        if values.get("latency") is not None:
+            values["latency"] = Latency(**{key: Percentiles(**pcts) for key, pcts in values["latency"].items()})
+        if values.get("throughput") is not None:
+            values["throughput"] = Throughput(**values["throughput"])
+        if values.get("counts") is not None:
+            values["counts"] = Counts(**values["counts"])
+        return cls(**values)
+
+
+def write_result(run_dir: Path | str, result: RunResult) -> Path:
+    """Writes result.json into `run_dir` atomically (NaN becomes null); returns its path."""
+    return write_json_atomic(Path(run_dir) / RESULT_FILE, _finite(result.to_dict()))
+
+
+def load_result(run_dir: Path | str) -> RunResult:
+    """Reads `run_dir`/result.json back into a RunResult."""
+    path = Path(run_dir) / RESULT_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; the run did not finish recording (see its server.log)")
+    return RunResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _finite(value: Any) -> Any:
+    """Replaces NaN and infinities (not JSON) with None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _window(result: RunResult, name: str) -> Mapping[str, Any]:
+    for window in result.energy.get("windows", []):
+        if window.get("name") == name:
+            return window
+    return {}
+
+
+def flat_row(result: RunResult) -> dict[str, Any]:
+    """The headline numbers of a run as one flat dict (units in the keys) for runs.jsonl."""
+    suite, idle, steady = (_window(result, name) for name in ("suite", "idle", "steady"))
+    gate = result.gate or {}
+    overall = gate.get("overall", {})
+    latency, throughput, counts = result.latency, result.throughput, result.counts
+    row = {
+        "schema_version": result.schema_version,
+        "run_id": result.run_id,
+        "variant": result.variant,
+        "status": result.status,
+        "started_at": result.started_at,
+        "ended_at": result.ended_at,
+        "git_sha": result.provenance.get("git", {}).get("sha"),
+        "git_dirty": result.provenance.get("git", {}).get("dirty"),
+        "energy_source": result.energy.get("source"),
+        "suite_energy_j": suite.get("energy_j"),
+        "suite_duration_s": suite.get("duration_s"),
+        "idle_energy_j": idle.get("energy_j"),
+        "idle_duration_s": idle.get("duration_s"),
+        "steady_energy_j": steady.get("energy_j"),
+        "steady_duration_s": steady.get("duration_s"),
+        "quality_metric": result.quality.get("metric"),
+        "quality_overall": result.quality.get("overall"),
+        "quality_overall_micro": result.quality.get("overall_micro"),
+        "gate_verdict": gate.get("verdict"),
+        "gate_ratio": overall.get("point"),
+        "gate_ratio_ci_low": overall.get("ci_low"),
+        "gate_ratio_ci_high": overall.get("ci_high"),
+        "energy_ratio": (gate.get("energy") or {}).get("ratio", {}).get("point"),
+        "ttft_ms_p50": latency.ttft_ms.p50 if latency else None,
+        "ttft_ms_p90": latency.ttft_ms.p90 if latency else None,
+        "ttft_ms_p99": latency.ttft_ms.p99 if latency else None,
+        "latency_ms_p50": latency.latency_ms.p50 if latency else None,
+        "latency_ms_p99": latency.latency_ms.p99 if latency else None,
+        "itl_ms_p50": latency.itl_ms.p50 if latency else None,
+        "output_tok_per_s": throughput.output_tok_per_s if throughput else None,
+        "requests_per_s": throughput.requests_per_s if throughput else None,
+        "requests": counts.requests if counts else None,
+        "request_errors": counts.errors if counts else None,
+        "output_tokens": counts.output_tokens if counts else None,
+        "error": result.error,
+    }
+    return _finite(row)

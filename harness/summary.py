@@ -1,0 +1,139 @@
+"""The end-of-run summary printed to the terminal from a RunResult."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from harness.results import RunResult
+
+
+def _num(value: float | None, fmt: str = ".1f") -> str:
+    """The value formatted, or "-" when unknown (None; also an infinite ratio read back from JSON)."""
+    return "-" if value is None else format(value, fmt)
+
+
+def _chance(task: str) -> float | None:
+    from harness.workloads.synthetic import FAMILIES
+
+    family = FAMILIES.get(task)
+    return None if family is None else family.chance
+
+
+def energy_table(energy: Mapping[str, Any]) -> Table:
+    """One row per window; every figure sits next to its source (measured or modeled)."""
+    table = Table(title=f"Energy (source: {energy.get('source', 'unknown')})")
+    for column in ("window", "duration_s", "energy_j", "avg_power_w", "source"):
+        table.add_column(column, justify="left" if column in ("window", "source") else "right")
+    for window in energy.get("windows", []):
+        source = window.get("source", "unknown")
+        flags = ", ".join(window.get("flags", ()))
+        table.add_row(
+            window.get("name", "?"),
+            _num(window.get("duration_s"), ".2f"),
+            _num(window.get("energy_j")),
+            _num(window.get("avg_power_w")),
+            source if not flags else escape(f"{source} [{flags}]"),
+        )
+    return table
+
+
+def quality_table(quality: Mapping[str, Any]) -> Table:
+    """Accuracy per task family beside its chance level, then the macro and micro means."""
+    table = Table(title=f"Quality (metric: {quality.get('metric', '?')})")
+    for column in ("task", "accuracy", "chance"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for task, accuracy in quality.get("per_task", {}).items():
+        table.add_row(task, _num(accuracy, ".3f"), _num(_chance(task), ".3f"))
+    table.add_row("overall (macro)", _num(quality.get("overall"), ".3f"), "")
+    table.add_row("overall (micro)", _num(quality.get("overall_micro"), ".3f"), "")
+    return table
+
+
+def _ratio_text(ratio: Mapping[str, Any]) -> str:
+    confidence = ratio.get("confidence", 0.95) * 100
+    point, low, high = (_num(ratio.get(key), ".3f") for key in ("point", "ci_low", "ci_high"))
+    return f"{point} [{low}, {high}] ({confidence:.0f}% CI)"
+
+
+def _gate_lines(gate: Mapping[str, Any] | None) -> list[str]:
+    if gate is None:
+        return ["Gate: not run (no baseline result for this suite and sampling)"]
+    lines = [
+        f"Gate: [bold]{gate['verdict'].upper()}[/bold] (rule {gate['rule']}, threshold {gate['threshold']:.2f}, "
+        f"point estimate {'meets' if gate['point_pass'] else 'misses'} it)",
+        f"  quality ratio {_ratio_text(gate['overall'])}",
+    ]
+    if gate["rule"] == "every_task":
+        lines += [f"  {task}: {_ratio_text(ratio)}" for task, ratio in gate["per_task"].items()]
+    energy = gate.get("energy")
+    if energy is not None:
+        lines.append(
+            f"  energy ratio {_ratio_text(energy['ratio'])}, {energy['source']}: variant "
+            f"{energy['variant_energy_j']:.1f} J vs baseline {energy['baseline_energy_j']:.1f} J, gap {energy['gap']}"
+        )
+    return lines
+
+
+def _quality_zero_line(quality: Mapping[str, Any]) -> str | None:
+    counts = quality.get("counts", {})
+    zeros = {name: counts.get(name, 0) for name in ("empty", "truncated", "error", "missing")}
+    if not any(zeros.values()):
+        return None
+    return "Scored 0 by rule: " + ", ".join(f"{count} {name}" for name, count in zeros.items() if count)
+
+
+def _speed_lines(result: RunResult) -> list[str]:
+    lines = []
+    if result.latency is not None:
+        lat = result.latency
+        lines.append(
+            f"Latency: ttft_ms p50/p90/p99 {_num(lat.ttft_ms.p50)}/{_num(lat.ttft_ms.p90)}/{_num(lat.ttft_ms.p99)}, "
+            f"latency_ms p50/p99 {_num(lat.latency_ms.p50)}/{_num(lat.latency_ms.p99)}, itl_ms p50 {_num(lat.itl_ms.p50, '.2f')}"
+        )
+    if result.throughput is not None:
+        lines.append(
+            f"Throughput: {_num(result.throughput.output_tok_per_s)} output tok/s, "
+            f"{_num(result.throughput.requests_per_s, '.2f')} requests/s"
+        )
+    if result.counts is not None:
+        c = result.counts
+        lines.append(f"Requests: {c.requests} ({c.ok} ok, {c.errors} errors, {c.truncated} truncated)")
+    return lines
+
+
+def _fallback_lines(serve: Mapping[str, Any]) -> list[str]:
+    return [
+        escape(f"Fallback: {fb['setting']} {fb['requested']} -> {fb['effective']} ({fb['reason']})")
+        for fb in serve.get("fallbacks", [])
+    ]
+
+
+def print_summary(result: RunResult, run_dir: Path | str | None = None, console: Console | None = None) -> None:
+    """Prints the run's energy, quality, gate, speed, serve fallbacks and run directory.
+
+    Args:
+        result: the finished run.
+        run_dir: where its files were written (printed last).
+        console: a rich Console (a recording one in tests); stdout when None.
+    """
+    console = console or Console()
+    console.rule(f"{result.variant} — run {result.run_id} — {result.status}")
+    if result.error:
+        console.print(f"[red]Error:[/red] {escape(result.error)}")
+    if result.energy.get("windows"):
+        console.print(energy_table(result.energy))
+    if result.quality.get("per_task"):
+        console.print(quality_table(result.quality))
+        zero_line = _quality_zero_line(result.quality)
+        if zero_line:
+            console.print(zero_line)
+    for line in _gate_lines(result.gate) + _speed_lines(result) + _fallback_lines(result.serve):
+        console.print(line)
+    if run_dir is not None:
+        console.print(f"Run directory: {run_dir}")
