@@ -1,0 +1,63 @@
+"""`python -m harness +variant=NAME`: one variant through build, serve, replay, measure, score, record."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+
+import hydra
+from omegaconf import DictConfig
+
+from harness.config import CONF_DIR, RunConfig, compose, to_run_config
+
+# Errors that mean "the input or the platform is wrong": shown as one line, no traceback.
+USER_ERRORS = ("ConfigError", "PlatformError", "BuildError", "ServerError", "FileExistsError")
+
+
+def config_dict(run_cfg: RunConfig) -> dict:
+    """The resolved configuration as plain data, as stored with every result."""
+    from harness.pipeline import _jsonable
+
+    return _jsonable(asdict(run_cfg))
+
+
+def ensure_baseline(run_cfg: RunConfig, overrides: list[str], console) -> None:
+    """Runs the baseline variant first when no comparable baseline result exists yet."""
+    from harness.baseline import find_baseline
+    from harness.pipeline import preflight, run
+
+    baseline = run_cfg.quality.baseline_variant
+    if run_cfg.name == baseline or find_baseline(run_cfg.results_dir, baseline, config_dict(run_cfg)):
+        return
+    base_overrides = [o for o in overrides if not o.lstrip("+").startswith("variant=")]
+    base_cfg = compose([f"+variant={baseline}", *base_overrides])
+    preflight(run_cfg)  # refuse an impossible variant before spending time on its baseline
+    console.print(f"[bold]no comparable {baseline} result in {run_cfg.results_dir}: running the baseline first[/]")
+    run(base_cfg, config_dict(base_cfg), console)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _app(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from rich.console import Console
+
+    from harness.pipeline import run
+
+    console = Console()
+    try:
+        run_cfg = to_run_config(cfg)
+        ensure_baseline(run_cfg, list(HydraConfig.get().overrides.task), console)
+        run(run_cfg, config_dict(run_cfg), console)
+    except Exception as err:  # noqa: BLE001 - user errors become one line; others re-raise
+        if type(err).__name__ not in USER_ERRORS:
+            raise
+        console.print(f"[red]error:[/] {err}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+def main() -> None:
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The build step: the variant's checkpoint, from the cache or made by `compress`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from harness.config import RunConfig, to_compress_config
+
+COMPRESS_SRC = Path(__file__).resolve().parents[1] / "compress"
+
+
+class BuildError(RuntimeError):
+    """The base model cannot be found or the variant cannot be built; says how to fix it."""
+
+
+def local_model_dir(path_or_id: str) -> Path:
+    """A local folder for `path_or_id`: the folder itself, or a hub snapshot (downloaded once)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BuildError(f"{path} has no config.json: point model.path at a transformers checkpoint folder")
+        return path
+    if path.exists() or path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1:
+        raise BuildError(f"model path {path_or_id!r} is not a folder: give a checkpoint folder or a hub id like org/name")
+    from huggingface_hub import snapshot_download  # lazy; only real models come from a hub
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(path_or_id, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+        raise BuildError(f"cannot fetch {path_or_id} from the hub ({err}); download it first and set model.path to the folder") from err
+
+
+def check_model(path_or_id: str) -> None:
+    """Refuses, before any work, a model path that is neither a checkpoint folder nor a hub id."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        local_model_dir(path_or_id)
+        return
+    looks_local = path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1
+    if looks_local:
+        hint = (" (the committed tiny model is missing: restore it with git or rebuild it with "
+                "`python -m harness.tiny.train`)" if "tiny-gemma4" in path_or_id else "")
+        raise BuildError(f"model folder {path_or_id} does not exist{hint}: set model.path to a checkpoint folder or hub id")
+
+
+def fingerprint(model_dir: Path) -> str:
+    """Hash of a checkpoint folder's config and of its weight files' names and sizes."""
+    digest = hashlib.sha256((model_dir / "config.json").read_bytes())
+    for weights in sorted(model_dir.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def code_version() -> str:
+    """Hash of the compress package's source: a change to the code rebuilds every variant."""
+    digest = hashlib.sha256()
+    for source in sorted(COMPRESS_SRC.rglob("*.py")):
+        digest.update(source.relative_to(COMPRESS_SRC).as_posix().encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(model_dir: Path, compress_params: dict) -> str:
+    """Key of a built variant: (base model, compress config, code version)."""
+    blob = json.dumps({"model": fingerprint(model_dir), "compress": compress_params, "code": code_version()},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def build_variant(run: RunConfig, log=print) -> Path:
+    """The folder vLLM serves for `run`: the base model, or its compressed copy (cached).
+
+    A cached build is reused only when complete (compress writes `<dir>.partial` and renames
+    it at the end), so an interrupted build is redone rather than served half-written.
+    """
+    base = run.model.resolved_path()
+    config = to_compress_config(run.compress)
+    check_model(base)
+    if config is None:
+        return local_model_dir(base) if Path(base).expanduser().exists() else Path(base)
+    from compress import compress_checkpoint  # lazy: imports torch
+    from compress.configs import config_to_dict
+
+    src = local_model_dir(base)
+    key = cache_key(src, {"scheme": run.compress.scheme, **config_to_dict(config)})
+    out = Path(run.cache_dir) / f"{run.compress.scheme}-{key}"
+    if (out / "config.json").is_file():
+        log(f"build: cached {run.compress.scheme} checkpoint {out}")
+        return out
+    _check_disk(src, out.parent)
+    log(f"build: compressing {src} with {run.compress.scheme} -> {out}")
+    shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
+    return compress_checkpoint(src, out, config)
+
+
+def _check_disk(src: Path, cache: Path) -> None:
+    """Refuses to start a build that cannot fit: needs at least the source's size free."""
+    cache.mkdir(parents=True, exist_ok=True)
+    need = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+    free = shutil.disk_usage(cache).free
+    if free < need:
+        raise BuildError(f"{cache} has {free / 2**30:.1f} GiB free but the build may need {need / 2**30:.1f} GiB: free space or set cache_dir elsewhere")
