@@ -99,7 +99,7 @@ def train(out_dir: Path, steps: int, batch: int, lr: float, seed: int, eval_ever
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
     held_out = load_samples(seed, "train", 120, offset=10_000_000)  # never reached by training
-    log = {"seed": seed, "steps": steps, "batch": batch, "lr": lr, "spec": spec.__dict__, "evals": []}
+    log = {"seed": seed, "steps": steps, "batch": batch, "lr": lr, "target": target, "spec": spec.__dict__, "evals": []}
     start = time.time()
     for step in range(steps):
         samples = load_samples(seed, "train", batch, offset=step * batch)
@@ -128,7 +128,7 @@ def train(out_dir: Path, steps: int, batch: int, lr: float, seed: int, eval_ever
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
