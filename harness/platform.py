@@ -1,0 +1,182 @@
+"""Capability check: what a variant asks of vLLM against what this machine's vLLM can do."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.config import RunConfig, ServeConfig
+
+_INT4_SCHEMES = frozenset({"w4a16_rtn", "w4a16_gptq"})
+# Per weight scheme on a CUDA GPU: the kernel vLLM serves it with and the compute capability
+# that kernel needs (FP8 tensor cores arrive with Ada sm_89; Marlin needs Ampere sm_80).
+_GPU_KERNELS: dict[str, tuple[str, tuple[int, int]]] = {
+    "fp8_dynamic": ("FP8 W8A8", (8, 9)),
+    "fp8": ("FP8 weight-only (Marlin)", (8, 0)),
+    "w4a16_rtn": ("Marlin W4A16", (8, 0)),
+    "w4a16_gptq": ("Marlin W4A16", (8, 0)),
+    "w8a8_int8": ("int8 W8A8", (7, 5)),
+}
+
+
+class PlatformError(RuntimeError):
+    """The variant needs something this machine's vLLM cannot do."""
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What the serving machine offers: a CUDA GPU (with compute capability) or a CPU."""
+
+    device: str  # "cuda" or "cpu"
+    cpu_flags: frozenset[str] = frozenset()
+    gpu_name: str | None = None
+    compute_capability: tuple[int, int] | None = None
+
+    @property
+    def avx512(self) -> bool:
+        return "avx512f" in self.cpu_flags
+
+    @property
+    def amx(self) -> bool:
+        return any(f.startswith("amx") for f in self.cpu_flags)
+
+    def describe(self) -> str:
+        """A short human description, e.g. 'CPU (AVX2, no AVX-512/AMX)' or 'NVIDIA L4 (sm_89)'."""
+        if self.device == "cuda":
+            major, minor = self.compute_capability or (0, 0)
+            return f"{self.gpu_name} (sm_{major}{minor})"
+        isa = "AMX" if self.amx else "AVX-512" if self.avx512 else "AVX2, no AVX-512/AMX"
+        return f"CPU ({isa})"
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """One setting the check replaced because the platform lacks it, and why."""
+
+    setting: str
+    requested: str
+    effective: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PlatformCheck:
+    """The serve settings to launch with, and every fallback taken to get them."""
+
+    platform: Platform
+    serve: ServeConfig
+    fallbacks: tuple[Fallback, ...]
+
+
+def detect_platform() -> Platform:
+    """Reads the GPU through NVML when one is present, else the CPU flags from /proc/cpuinfo."""
+    gpu = _nvml_gpu()
+    flags = _cpu_flags(Path("/proc/cpuinfo"))
+    if gpu is not None:
+        name, capability = gpu
+        return Platform("cuda", flags, name, capability)
+    return Platform("cpu", flags)
+
+
+def check_platform(run: RunConfig, platform: Platform | None = None) -> PlatformCheck:
+    """Checks ``run`` against ``platform`` (detected when None) before anything expensive starts.
+
+    Settings named in ``run.serve.allow_fallback`` are replaced by what the platform can do,
+    with the reason recorded; any other gap raises.
+
+    Raises:
+        PlatformError: one sentence naming the setting, the platform and what to change.
+    """
+    platform = platform or detect_platform()
+    _check_weights(run.compress.scheme, platform)
+    serve = run.serve
+    fallbacks: list[Fallback] = []
+    for check in (_check_kv_cache, _check_graphs):
+        serve, fallback = check(serve, platform)
+        if fallback is not None:
+            fallbacks.append(fallback)
+    return PlatformCheck(platform, serve, tuple(fallbacks))
+
+
+def default_enforce_eager(platform: Platform) -> bool:
+    """CUDA graphs on GPU; eager on CPU, where graphs do not exist and compiling costs ~40 s."""
+    return platform.device != "cuda"
+
+
+def _check_weights(scheme: str, platform: Platform) -> None:
+    where = platform.describe()
+    if platform.device == "cpu":
+        if scheme in _INT4_SCHEMES and not platform.avx512:
+            raise PlatformError(
+                f"compress scheme {scheme} needs vLLM's int4 CPU kernel (cpu_gemm_wna16), which exists "
+                f"only in the AVX-512 build, and this machine is {where}: run it on an AVX-512 CPU or a GPU."
+            )
+        return
+    if scheme not in _GPU_KERNELS:
+        return
+    kind, needed = _GPU_KERNELS[scheme]
+    if (platform.compute_capability or (0, 0)) < needed:
+        raise PlatformError(
+            f"compress scheme {scheme} needs {kind} kernels (compute capability >= "
+            f"{needed[0]}.{needed[1]}) but this GPU is {where}: pick another scheme or GPU."
+        )
+
+
+def _check_kv_cache(serve: ServeConfig, platform: Platform) -> tuple[ServeConfig, Fallback | None]:
+    wanted = serve.kv_cache_dtype
+    if not wanted.startswith("fp8") or platform.device == "cuda" or platform.avx512 or platform.amx:
+        return serve, None
+    reason = f"FP8 KV cache on CPU needs AVX-512 or AMX and this machine is {platform.describe()}"
+    if "kv_cache_dtype" not in serve.allow_fallback:
+        raise PlatformError(
+            f"serve.kv_cache_dtype={wanted}: {reason}; set serve.kv_cache_dtype=auto or add "
+            "kv_cache_dtype to serve.allow_fallback."
+        )
+    return dataclasses.replace(serve, kv_cache_dtype="auto"), Fallback("kv_cache_dtype", wanted, "auto", reason)
+
+
+def _check_graphs(serve: ServeConfig, platform: Platform) -> tuple[ServeConfig, Fallback | None]:
+    if serve.enforce_eager is None:
+        return dataclasses.replace(serve, enforce_eager=default_enforce_eager(platform)), None
+    if serve.enforce_eager or platform.device == "cuda":
+        return serve, None
+    reason = f"CUDA graphs do not exist on {platform.describe()}"
+    if "enforce_eager" not in serve.allow_fallback:
+        raise PlatformError(
+            f"serve.enforce_eager=false asks for CUDA graphs: {reason}; set serve.enforce_eager=null "
+            "(platform default) or add enforce_eager to serve.allow_fallback."
+        )
+    return dataclasses.replace(serve, enforce_eager=True), Fallback("enforce_eager", "false", "true", reason)
+
+
+def _cpu_flags(cpuinfo: Path) -> frozenset[str]:
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def _nvml_gpu() -> tuple[str, tuple[int, int]] | None:
+    """Name and compute capability of GPU 0, or None when NVML (or a GPU) is absent."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        if pynvml.nvmlDeviceGetCount() == 0:
+            return None
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        name = pynvml.nvmlDeviceGetName(handle)
+        capability = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
+        return (name.decode() if isinstance(name, bytes) else name), capability
+    finally:
+        pynvml.nvmlShutdown()

@@ -1,0 +1,154 @@
+"""Every YAML in conf/ composes into a RunConfig; mistakes fail with the options listed."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.config import ConfigError, RunConfig, compose, group_options, to_compress_config, to_run_config
+
+GROUPS = ("model", "compress", "serve", "workload", "sampling", "energy", "quality")
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
+def test_every_group_option_composes(group: str, option: str) -> None:
+    run = compose([f"{group}={option}"])
+    assert isinstance(run, RunConfig)
+    if group == "compress":
+        assert run.compress.scheme == option
+
+
+@pytest.mark.parametrize("variant", group_options("variant"))
+def test_every_variant_composes_and_names_itself(variant: str) -> None:
+    run = compose([f"+variant={variant}"])
+    assert run.name == variant
+
+
+def test_variants_cover_the_brief() -> None:
+    wanted = {"bf16", "fp8", "fp8_dynamic", "w4a16_rtn", "w4a16_gptq", "w8a8_int8"}
+    assert wanted <= set(group_options("variant"))
+
+
+def test_fp8_variant_applies_compress_and_serve_deltas() -> None:
+    run = compose(["+variant=fp8"])
+    assert run.compress.scheme == "fp8"
+    assert run.serve.kv_cache_dtype == "fp8"
+    assert run.serve.max_model_len == 4096
+    assert run.serve.max_num_seqs == 32
+    assert run.serve.enable_chunked_prefill is True and run.serve.enable_prefix_caching is True
+
+
+def test_serve_only_variant_keeps_base_weights() -> None:
+    base, seqs4 = compose(["+variant=bf16"]), compose(["+variant=bf16_seqs4"])
+    assert seqs4.compress == base.compress
+    assert seqs4.serve.max_num_seqs == 4 != base.serve.max_num_seqs
+
+
+def test_w4a16_rtn_raises_image_budget() -> None:
+    assert compose(["+variant=w4a16_rtn"]).serve.max_soft_tokens == 560
+
+
+def test_competition_sampling_matches_judges() -> None:
+    s = compose([]).sampling
+    assert (s.temperature, s.top_p, s.top_k) == (1.0, 0.95, 64)
+
+
+def test_tiny_model_path_defaults_to_committed_dir() -> None:
+    from harness.tiny import DEFAULT_MODEL_DIR
+
+    run = compose([])
+    assert run.model.path is None and run.model.resolved_path() == str(DEFAULT_MODEL_DIR)
+    assert compose(["model=gemma4_e4b"]).model.resolved_path() == "google/gemma-4-E4B-it"
+
+
+def test_run_config_is_frozen() -> None:
+    run = compose([])
+    with pytest.raises(AttributeError):
+        run.serve.port = 1  # type: ignore[misc]
+
+
+def test_unknown_variant_lists_the_variants() -> None:
+    with pytest.raises(ConfigError) as err:
+        compose(["+variant=fp7"])
+    for name in group_options("variant"):
+        assert name in str(err.value)
+
+
+def test_unknown_group_option_lists_the_options() -> None:
+    with pytest.raises(ConfigError) as err:
+        compose(["compress=int3"])
+    assert "w8a8_int8" in str(err.value) and "fp8_dynamic" in str(err.value)
+
+
+def test_added_unknown_key_names_the_accepted_keys() -> None:
+    with pytest.raises(ConfigError, match="serve.max_num_seq.*max_num_seqs"):
+        compose(["+serve.max_num_seq=4"])
+
+
+def test_bad_literal_lists_choices() -> None:
+    with pytest.raises(ConfigError, match="workload.mode='burst'.*poisson"):
+        compose(["workload.mode=burst"])
+
+
+def test_wrong_type_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="workload.concurrency must be int"):
+        compose(["workload.concurrency=four"])
+
+
+def test_bad_soft_token_budget_lists_budgets() -> None:
+    with pytest.raises(ConfigError, match="560"):
+        compose(["serve.max_soft_tokens=500"])
+
+
+def test_unknown_fallback_setting_is_refused() -> None:
+    with pytest.raises(ConfigError, match="serve.allow_fallback"):
+        compose(["serve.allow_fallback=[max_model_len]"])
+
+
+def test_plain_mapping_converts_like_a_dictconfig() -> None:
+    from omegaconf import OmegaConf
+
+    run = compose(["+variant=fp8"])
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from harness.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["+variant=fp8"])
+    assert to_run_config(OmegaConf.to_container(cfg)) == run == to_run_config(cfg)
+
+
+def test_override_of_missing_key_lists_the_group_keys() -> None:
+    with pytest.raises(ConfigError, match="(?s)max_num_seq.*accepts:.*max_num_seqs"):
+        compose(["serve.max_num_seq=4"])
+
+
+@pytest.mark.parametrize("scheme", [s for s in group_options("compress") if s != "none"])
+def test_compress_options_build_the_compress_configs(scheme: str) -> None:
+    from compress.configs import CONFIGS
+
+    config = to_compress_config(compose([f"compress={scheme}"]).compress)
+    assert type(config) is CONFIGS[scheme]
+
+
+def test_compress_params_reach_the_compress_config() -> None:
+    config = to_compress_config(compose(["compress=w4a16_gptq", "compress.group_size=64"]).compress)
+    assert config.group_size == 64
+
+
+def test_unknown_compress_param_names_the_fields() -> None:
+    with pytest.raises(ConfigError, match="(?s)groupsize.*group_size"):
+        compose(["compress=w4a16_rtn", "+compress.groupsize=64"])
+
+
+def test_compose_works_inside_a_running_hydra_app() -> None:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        assert compose(["+variant=fp8"]).name == "fp8"
+        assert GlobalHydra.instance().is_initialized()
+        assert hydra_compose(config_name="config", overrides=["+variant=w8a8_int8"]).name == "w8a8_int8"

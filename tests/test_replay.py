@@ -1,0 +1,95 @@
+"""Replaying suite samples against the real tiny server gives complete per-request records."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+
+import pytest
+
+from harness.config import compose
+from harness.replay import _arrival_offsets_s, chat_messages, replay
+from harness.workloads.base import load_samples
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return load_samples(seed=0, split="test", limit=8)
+
+
+def _workload(**changes):
+    return dataclasses.replace(compose([]).workload, **changes)
+
+
+def _sampling(**changes):
+    return dataclasses.replace(compose([]).sampling, **{"max_tokens": 16, **changes})
+
+
+def test_image_goes_before_text(samples) -> None:
+    [message] = chat_messages(samples[0])
+    kinds = [part["type"] for part in message["content"]]
+    assert kinds == ["image_url", "text"]
+    assert message["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert message["content"][1]["text"] == samples[0].prompt
+
+
+@pytest.mark.server
+def test_sequential_replay_records_every_request(served_tiny, samples) -> None:
+    result = replay(served_tiny.target, samples[:4], _workload(mode="sequential", warmup_requests=1),
+                    _sampling(), chat_template_kwargs={"enable_thinking": False}, show_progress=False)
+    assert [r.id for r in result.records] == [s.id for s in samples[:4]]
+    assert len(result.warmup) == 1 and result.warmup[0].end_s <= result.start_s
+    for r in result.records:
+        assert r.error is None
+        assert r.prompt_tokens > 0 and 0 < r.output_tokens <= 16
+        assert 0 < r.ttft_ms <= r.latency_ms
+        assert r.output_text.strip() != ""
+        assert r.finish_reason in ("stop", "length")
+        assert result.start_s <= r.start_s < r.end_s <= result.end_s
+        assert len(r.itl_ms) <= r.output_tokens - 1
+    # sequential: each request starts after the previous one ended
+    assert all(a.end_s <= b.start_s for a, b in zip(result.records, result.records[1:]))
+
+
+@pytest.mark.server
+def test_concurrent_replay_overlaps_requests(served_tiny, samples) -> None:
+    result = replay(served_tiny.target, samples, _workload(mode="concurrent", concurrency=4, warmup_requests=0),
+                    _sampling(), show_progress=False)
+    assert result.errors == 0 and len(result.records) == len(samples)
+    first_end = min(r.end_s for r in result.records)
+    assert sum(r.start_s < first_end for r in result.records) == 4
+
+
+@pytest.mark.server
+def test_seeded_requests_repeat_their_answers(served_tiny, samples) -> None:
+    args = (served_tiny.target, samples[:3], _workload(warmup_requests=0), _sampling(seed=7))
+    first = replay(*args, show_progress=False)
+    second = replay(*args, show_progress=False)
+    assert [r.output_text for r in first.records] == [r.output_text for r in second.records]
+
+
+@pytest.mark.server
+def test_bad_request_becomes_an_error_record(served_tiny, samples) -> None:
+    result = replay(served_tiny.target, samples[:2], _workload(warmup_requests=0),
+                    _sampling(max_tokens=10**7), show_progress=False)
+    assert result.errors == 2
+    for r in result.records:
+        assert "BadRequestError" in r.error and r.output_tokens == 0 and r.ttft_ms is None
+
+
+@pytest.mark.server
+def test_timeout_becomes_an_error_record(served_tiny, samples) -> None:
+    result = replay(served_tiny.target, samples[:1], _workload(warmup_requests=0, request_timeout_s=0.001),
+                    _sampling(), show_progress=False)
+    [record] = result.records
+    assert "Timeout" in record.error
+
+
+def test_poisson_arrivals_are_seeded_with_the_asked_rate() -> None:
+    workload = _workload(mode="poisson", rate_rps=4.0, seed=3)
+    offsets = _arrival_offsets_s(2000, workload)
+    assert offsets == _arrival_offsets_s(2000, workload)
+    assert offsets != _arrival_offsets_s(2000, dataclasses.replace(workload, seed=4))
+    gaps = [b - a for a, b in zip(offsets, offsets[1:])]
+    assert statistics.mean(gaps) == pytest.approx(0.25, rel=0.1)
+    assert _arrival_offsets_s(3, _workload(mode="concurrent")) == [0.0, 0.0, 0.0]

@@ -1,0 +1,111 @@
+"""A real vLLM server on the tiny model: starts the judges' way, answers, and always stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from harness.config import compose
+from harness.server import ServerError, VllmServer
+
+pytestmark = pytest.mark.server
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_serves_on_loopback_behind_its_key(served_tiny) -> None:
+    target = served_tiny.target
+    assert target.base_url.startswith("http://127.0.0.1:")
+    models = httpx.get(f"{target.base_url}/models", headers={"Authorization": f"Bearer {target.api_key}"})
+    assert [m["id"] for m in models.json()["data"]] == [target.model_name]
+    assert httpx.get(f"{target.base_url}/models").status_code == 401
+
+
+def test_run_dir_holds_config_and_log_without_the_key(served_tiny) -> None:
+    config = yaml.safe_load(served_tiny.config_path.read_text())
+    assert config["served-model-name"] == served_tiny.target.model_name
+    assert config["enforce-eager"] is True  # this machine is a CPU
+    log = served_tiny.log_path.read_text()
+    assert log.strip() != ""
+    assert served_tiny.api_key not in log and served_tiny.api_key not in served_tiny.config_path.read_text()
+
+
+def test_stop_leaves_no_process_in_the_group(tiny_model_dir: Path, tmp_path: Path) -> None:
+    run = compose(["serve.startup_timeout_s=300"])
+    with VllmServer(tiny_model_dir, run.serve, tmp_path, served_model_name="stop-check") as server:
+        pgid = server.pgid
+        assert _group_alive(pgid)
+        server.check_alive()
+    assert not _group_alive(pgid)
+    server.stop()  # idempotent
+
+
+def test_startup_timeout_raises_with_log_tail(tiny_model_dir: Path, tmp_path: Path) -> None:
+    run = compose(["serve.startup_timeout_s=4"])
+    server = VllmServer(tiny_model_dir, run.serve, tmp_path, served_model_name="slow")
+    with pytest.raises(ServerError, match="not ready after 4 s") as err:
+        with server:
+            pass
+    tail = (tmp_path / "server.log").read_text().splitlines()[-40:]
+    assert str(err.value).endswith("\n".join(tail))
+    assert "server.log" in str(err.value)
+    assert server.pgid is None
+
+
+def test_early_exit_is_reported_with_log_tail(tmp_path: Path) -> None:
+    run = compose(["serve.startup_timeout_s=300"])
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ServerError, match="exited with code") as err:
+        with VllmServer(missing, run.serve, tmp_path, served_model_name="ghost"):
+            pass
+    assert "no-such-model" in str(err.value)
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from harness.config import compose
+from harness.server import VllmServer
+run = compose(["serve.startup_timeout_s=300"])
+with VllmServer(Path(sys.argv[1]), run.serve, Path(sys.argv[2]), served_model_name="held"):
+    time.sleep(600)
+"""
+
+
+def _child_pid(pid: int, timeout_s: float) -> int:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = children.read_text().split()
+        if found:
+            return int(found[0])
+        time.sleep(0.2)
+    raise AssertionError(f"process {pid} started no server within {timeout_s} s")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_parent_leaves_no_orphans(tiny_model_dir: Path, tmp_path: Path, sig: int) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tiny_model_dir), str(tmp_path)],
+                              cwd=Path(__file__).resolve().parents[1])
+    try:
+        pgid = _child_pid(parent.pid, 60)
+        time.sleep(5)  # let vLLM get into its startup
+        parent.send_signal(sig)
+        parent.wait(timeout=60)
+    finally:
+        parent.kill()
+    assert not _group_alive(pgid)
