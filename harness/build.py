@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from harness.config import RunConfig, to_compress_config
+from harness.config import CompressSpec, RunConfig, to_compress_config
 
 COMPRESS_SRC = Path(__file__).resolve().parents[1] / "compress"
 
@@ -71,14 +71,16 @@ def cache_key(model_dir: Path, compress_params: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def build_variant(run: RunConfig, log=print) -> Path:
+def build_variant(run: RunConfig, compress: CompressSpec | None = None, log=print) -> Path:
     """The folder vLLM serves for `run`: the base model, or its compressed copy (cached).
 
     A cached build is reused only when complete (compress writes `<dir>.partial` and renames
     it at the end), so an interrupted build is redone rather than served half-written.
+    `compress` replaces the run's scheme when the platform check chose another.
     """
     base = run.model.resolved_path()
-    config = to_compress_config(run.compress)
+    spec = compress or run.compress
+    config = to_compress_config(spec)
     check_model(base)
     if config is None:
         return local_model_dir(base) if Path(base).expanduser().exists() else Path(base)
@@ -86,13 +88,13 @@ def build_variant(run: RunConfig, log=print) -> Path:
     from compress.configs import config_to_dict
 
     src = local_model_dir(base)
-    key = cache_key(src, {"scheme": run.compress.scheme, **config_to_dict(config)})
-    out = Path(run.cache_dir) / f"{run.compress.scheme}-{key}"
+    key = cache_key(src, {"scheme": spec.scheme, **config_to_dict(config)})
+    out = Path(run.cache_dir) / f"{spec.scheme}-{key}"
     if (out / "config.json").is_file():
-        log(f"build: cached {run.compress.scheme} checkpoint {out}")
+        log(f"build: cached {spec.scheme} checkpoint {out}")
         return out
     _check_disk(src, out.parent)
-    log(f"build: compressing {src} with {run.compress.scheme} -> {out}")
+    log(f"build: compressing {src} with {spec.scheme} -> {out}")
     shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
     return compress_checkpoint(src, out, config)
 

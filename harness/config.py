@@ -66,7 +66,7 @@ class ServeConfig:
     cpu_kvcache_space_gib: int = 1
     env: Mapping[str, str] = field(default_factory=dict)
     startup_timeout_s: float = 600.0
-    allow_fallback: tuple[Literal["kv_cache_dtype", "enforce_eager"], ...] = ()
+    allow_fallback: tuple[Literal["kv_cache_dtype", "enforce_eager", "weights"], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any], console=None) -> "RunRe
     paths = new_run_dir(run_cfg.results_dir, run_cfg.name, started)
     _say(console, f"run {run_cfg.name}: {paths.root}")
     try:
-        model_dir = build_variant(run_cfg, log=lambda m: _say(console, m))
+        model_dir = build_variant(run_cfg, check.compress, log=lambda m: _say(console, m))
         measured = _serve_and_measure(run_cfg, check, model_dir, paths)
         result = _record(run_cfg, config_dict, check, paths, started, measured, error=None)
     except (KeyboardInterrupt, Exception) as err:  # noqa: BLE001 - recorded, then re-raised
@@ -78,7 +78,8 @@ def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths) -> dic
                             chat_template_kwargs=check.serve.chat_template_kwargs)
             server.check_alive()
             suite = meter.energy_between(played.start_s, played.end_s, name="suite")
-            span = steady_window([(r.start_s, r.end_s) for r in played.records], wl.concurrency)
+            target = 1 if wl.mode == "sequential" else wl.concurrency  # requests meant to be in flight
+            span = steady_window([(r.start_s, r.end_s) for r in played.records], target)
             steady = meter.energy_between(*span, name="steady") if span else None
             per_request = per_request_energy_j(meter, played.records)
             meter.write_trace(paths.power_trace)

@@ -6,9 +6,13 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.config import RunConfig, ServeConfig
+from harness.config import CompressSpec, RunConfig, ServeConfig
 
 _INT4_SCHEMES = frozenset({"w4a16_rtn", "w4a16_gptq"})
+# CPU vLLM has FP8 kernels only for per-channel weights with dynamic per-token activations
+# (measured: per-tensor weight-only finds no ScaledMM kernel; per-tensor with dynamic
+# activations calls static_scaled_fp8_quant, which the CPU build lacks).
+_CPU_FP8_SCHEME = "fp8_dynamic"
 # Per weight scheme on a CUDA GPU: the kernel vLLM serves it with and the compute capability
 # that kernel needs (FP8 tensor cores arrive with Ada sm_89; Marlin needs Ampere sm_80).
 _GPU_KERNELS: dict[str, tuple[str, tuple[int, int]]] = {
@@ -67,6 +71,7 @@ class PlatformCheck:
     platform: Platform
     serve: ServeConfig
     fallbacks: tuple[Fallback, ...]
+    compress: CompressSpec | None = None  # the scheme to build; None means the run's own
 
 
 def detect_platform() -> Platform:
@@ -89,14 +94,15 @@ def check_platform(run: RunConfig, platform: Platform | None = None) -> Platform
         PlatformError: one sentence naming the setting, the platform and what to change.
     """
     platform = platform or detect_platform()
-    _check_weights(run.compress.scheme, platform)
+    compress, weights_fallback = _check_cpu_fp8(run, platform)
+    _check_weights(compress.scheme, platform)
     serve = run.serve
-    fallbacks: list[Fallback] = []
+    fallbacks: list[Fallback] = [weights_fallback] if weights_fallback else []
     for check in (_check_kv_cache, _check_graphs):
         serve, fallback = check(serve, platform)
         if fallback is not None:
             fallbacks.append(fallback)
-    return PlatformCheck(platform, serve, tuple(fallbacks))
+    return PlatformCheck(platform, serve, tuple(fallbacks), compress)
 
 
 def default_enforce_eager(platform: Platform) -> bool:
@@ -121,6 +127,22 @@ def _check_weights(scheme: str, platform: Platform) -> None:
             f"compress scheme {scheme} needs {kind} kernels (compute capability >= "
             f"{needed[0]}.{needed[1]}) but this GPU is {where}: pick another scheme or GPU."
         )
+
+
+def _check_cpu_fp8(run: RunConfig, platform: Platform) -> tuple[CompressSpec, Fallback | None]:
+    """On CPU, FP8 weights are served per channel with dynamic FP8 activations, or not at all."""
+    spec = run.compress
+    if platform.device == "cuda" or spec.scheme != "fp8":
+        return spec, None
+    reason = (f"CPU vLLM ({platform.describe()}) has FP8 kernels only for per-channel weights with "
+              "dynamic per-token activations")
+    if "weights" not in run.serve.allow_fallback:
+        raise PlatformError(f"compress scheme fp8 (per-tensor FP8 weights): {reason}; use +variant=fp8_dynamic "
+                            "or add weights to serve.allow_fallback.")
+    params = {k: v for k, v in spec.params.items() if k in ("quantize_ple", "ignore", "targets", "overrides")}
+    effective = CompressSpec(_CPU_FP8_SCHEME, params)
+    return effective, Fallback("weights", "fp8 (per-tensor FP8 weights, 16-bit activations)",
+                               "fp8_dynamic (per-channel FP8 weights, dynamic per-token FP8 activations)", reason)
 
 
 def _check_kv_cache(serve: ServeConfig, platform: Platform) -> tuple[ServeConfig, Fallback | None]:

@@ -1,0 +1,101 @@
+"""compress_checkpoint: one checkpoint folder in, one compressed-tensors folder out (CLI and harness)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Iterable
+
+from compress.configs import CompressConfig, W4A16GptqConfig, config_to_dict
+from compress.schemes import LayerSpec
+
+
+def _load_model(src_dir: Path):
+    """The transformers model of a checkpoint: image-text-to-text when it has a vision config."""
+    import transformers
+
+    config = json.loads((src_dir / "config.json").read_text())
+    auto = transformers.AutoModelForImageTextToText if "vision_config" in config else transformers.AutoModelForCausalLM
+    return auto.from_pretrained(src_dir, dtype="auto").eval()
+
+
+def _gptq_encodings(src_dir: Path, config: W4A16GptqConfig, plan: dict[str, LayerSpec], calibration) -> tuple[dict, dict]:
+    """GPTQ-encoded tensors (computed on the loaded model) and a description of the calibration."""
+    from compress.api import compress_
+    from compress.calibration import as_model_inputs, suite_pairs
+
+    if calibration is None:
+        calibration = suite_pairs(config.num_samples, config.seed)
+        described = {"source": "harness.workloads synthetic suite, train split, chat-formatted image+text",
+                     "num_samples": config.num_samples, "seed": config.seed}
+    else:
+        described = {"source": "caller-provided"}
+    samples = as_model_inputs(calibration, src_dir)
+    described["num_samples"] = len(samples)
+    encoded = compress_(_load_model(src_dir), config, samples)
+    if set(encoded) != set(plan):
+        raise ValueError(
+            f"the model's module names differ from the checkpoint's: only in the model {sorted(set(encoded) - set(plan))[:5]}, "
+            f"only in the checkpoint {sorted(set(plan) - set(encoded))[:5]}; re-save the checkpoint with this transformers"
+        )
+    return encoded, described
+
+
+# Configs whose encodings need the model and calibration data; the rest stream tensor by tensor.
+_CALIBRATED = {W4A16GptqConfig: _gptq_encodings}
+
+
+def _check_paths(src_dir: Path, out_dir: Path) -> None:
+    if not (src_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{src_dir} has no config.json: pass a saved transformers checkpoint folder")
+    if "quantization_config" in json.loads((src_dir / "config.json").read_text()):
+        raise ValueError(f"{src_dir} is already quantized: compress the dense (or pruned) checkpoint instead")
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists: remove it or choose another output folder")
+    if out_dir.resolve() == src_dir.resolve():
+        raise ValueError("the output folder must differ from the source folder")
+
+
+def compress_checkpoint(
+    src_dir: Path, out_dir: Path, config: CompressConfig, calibration: Iterable | None = None
+) -> Path:
+    """Compresses a local checkpoint folder into a compressed-tensors folder vLLM can serve.
+
+    Data-free schemes stream tensor by tensor (the model is never built); GPTQ loads the
+    model and calibrates it layer by layer. The folder appears atomically when complete.
+
+    Args:
+        src_dir: transformers checkpoint (config.json, safetensors, tokenizer, processor).
+        out_dir: destination; must not exist.
+        config: a config from compress.configs.
+        calibration: GPTQ only: (PIL image, prompt) pairs or processor-output dicts;
+            None takes config.num_samples samples of the harness suite's train split.
+
+    Returns:
+        out_dir.
+    """
+    from compress.ct_config import quantization_config
+    from compress.export import copy_side_files, weight_shapes, write_config, write_weights
+    from compress.lineage import write_recipe
+    from compress.plan import plan_modules
+
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    _check_paths(src_dir, out_dir)
+    plan = plan_modules(weight_shapes(src_dir), config)
+    started = time.perf_counter()
+    precomputed, described = {}, None
+    if type(config) in _CALIBRATED:
+        precomputed, described = _CALIBRATED[type(config)](src_dir, config, plan, calibration)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    write_weights(src_dir, partial, plan, precomputed)
+    write_config(src_dir, partial, quantization_config(config, set(plan.values())))
+    copy_side_files(src_dir, partial)
+    step = {"step": "compress", "config": config_to_dict(config), "calibration": described,
+            "quantized_modules": len(plan), "duration_s": round(time.perf_counter() - started, 3)}
+    write_recipe(src_dir, partial, step)
+    partial.rename(out_dir)
+    return out_dir
