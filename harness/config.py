@@ -93,6 +93,7 @@ class SamplingConfig:
     top_k: int = 64
     max_tokens: int = 64
     seed: int = 0
+    ignore_eos: bool = False  # benchmarks only: every answer runs to max_tokens
 
 
 @dataclass(frozen=True)

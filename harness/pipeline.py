@@ -71,6 +71,7 @@ def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths) -> dic
     with VllmServer(model_dir, check.serve, paths.root, served_model_name=SERVED_NAME,
                     dtype=run_cfg.model.dtype, platform=check.platform) as server:
         with make_meter(run_cfg.energy.meter, **_meter_settings(run_cfg, server)) as meter:
+            gpu_start = _gpu_state(meter)
             idle_t0 = time.time()
             time.sleep(run_cfg.energy.idle_s)  # model loaded, no request: the idle window
             idle = meter.energy_between(idle_t0, time.time(), name="idle")
@@ -82,11 +83,21 @@ def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths) -> dic
             span = steady_window([(r.start_s, r.end_s) for r in played.records], target)
             steady = meter.energy_between(*span, name="steady") if span else None
             per_request = per_request_energy_j(meter, played.records)
+            gpu = {"start": gpu_start, "end": _gpu_state(meter)} if gpu_start else None
             meter.write_trace(paths.power_trace)
             source = meter.source
     windows = [w for w in (idle, suite, steady) if w is not None]
     return {"samples": samples, "played": played, "windows": windows, "source": source,
-            "per_request_j": per_request, "model_dir": str(model_dir)}
+            "per_request_j": per_request, "gpu": gpu, "model_dir": str(model_dir)}
+
+
+def _gpu_state(meter) -> list[dict] | None:
+    """Name, driver, power limit, clocks and temperature of the metered GPUs (None off GPU)."""
+    if meter.kind != "nvml":
+        return None
+    from harness.energy.nvml import gpu_snapshot
+
+    return [gpu_snapshot(i) for i in meter.indices]
 
 
 def _meter_settings(run_cfg: RunConfig, server) -> dict[str, Any]:
@@ -119,7 +130,7 @@ def _record(run_cfg, config_dict, check, paths, started, measured, error):
         report = score(measured["samples"], records)
         quality = report.to_dict()
         energy = {"source": measured["source"], "windows": [w.to_dict() for w in measured["windows"]],
-                  "per_request_j": measured["per_request_j"]}
+                  "per_request_j": measured["per_request_j"], "gpu": measured["gpu"]}
         stats = summarize_requests(records, played.duration_s)
         gate = gate_against_baseline(run_cfg, config_dict, report, energy)
         serve["model_dir"] = measured["model_dir"]

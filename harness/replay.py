@@ -98,7 +98,9 @@ async def replay_async(
 
     client = AsyncOpenAI(base_url=target.base_url, api_key=target.api_key,
                          timeout=workload.request_timeout_s, max_retries=0)
-    extra = {"top_k": sampling.top_k}
+    extra: dict[str, Any] = {"top_k": sampling.top_k}
+    if sampling.ignore_eos:
+        extra["ignore_eos"] = True
     if chat_template_kwargs:
         extra["chat_template_kwargs"] = dict(chat_template_kwargs)
 

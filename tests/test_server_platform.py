@@ -31,13 +31,13 @@ def test_bf16_on_gpu_keeps_cuda_graphs() -> None:
 def test_fp8_kv_cache_on_avx2_falls_back_with_reason() -> None:
     check = check_platform(compose(["+variant=fp8"]), AVX2_CPU)
     assert check.serve.kv_cache_dtype == "auto"
-    [fallback] = check.fallbacks
-    assert (fallback.setting, fallback.requested, fallback.effective) == ("kv_cache_dtype", "fp8", "auto")
+    fallback = {f.setting: f for f in check.fallbacks}["kv_cache_dtype"]
+    assert (fallback.requested, fallback.effective) == ("fp8", "auto")
     assert "AVX-512" in fallback.reason
 
 
 def test_fp8_kv_cache_without_fallback_refuses_in_one_sentence() -> None:
-    run = compose(["+variant=fp8", "serve.allow_fallback=[]"])
+    run = compose(["+variant=fp8", "serve.allow_fallback=[weights]"])
     with pytest.raises(PlatformError) as err:
         check_platform(run, AVX2_CPU)
     message = str(err.value)
@@ -48,7 +48,26 @@ def test_fp8_kv_cache_without_fallback_refuses_in_one_sentence() -> None:
 @pytest.mark.parametrize("platform", [AVX512_CPU, AMX_CPU, L4])
 def test_fp8_kv_cache_kept_where_supported(platform: Platform) -> None:
     check = check_platform(compose(["+variant=fp8"]), platform)
-    assert check.serve.kv_cache_dtype == "fp8" and check.fallbacks == ()
+    assert check.serve.kv_cache_dtype == "fp8"
+    assert "kv_cache_dtype" not in {f.setting for f in check.fallbacks}
+
+
+@pytest.mark.parametrize("platform", [AVX2_CPU, AVX512_CPU])
+def test_fp8_per_tensor_weights_on_cpu_are_built_per_channel_and_say_so(platform: Platform) -> None:
+    check = check_platform(compose(["+variant=fp8"]), platform)
+    assert check.compress.scheme == "fp8_dynamic"
+    weights = {f.setting: f for f in check.fallbacks}["weights"]
+    assert weights.requested.startswith("fp8 ") and weights.effective.startswith("fp8_dynamic ")
+
+
+def test_fp8_per_tensor_weights_on_cpu_without_fallback_refuse_naming_the_fix() -> None:
+    with pytest.raises(PlatformError, match=r"fp8_dynamic.*allow_fallback"):
+        check_platform(compose(["+variant=fp8", "serve.allow_fallback=[kv_cache_dtype]"]), AVX2_CPU)
+
+
+def test_fp8_per_tensor_weights_kept_on_gpu() -> None:
+    check = check_platform(compose(["+variant=fp8"]), L4)
+    assert check.compress.scheme == "fp8" and check.fallbacks == ()
 
 
 @pytest.mark.parametrize("variant", ["w4a16_rtn", "w4a16_gptq"])
