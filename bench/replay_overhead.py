@@ -20,18 +20,15 @@ import tempfile
 from pathlib import Path
 
 from harness.config import compose
-from harness.replay import replay
+from harness.replay import chat_messages, replay
 from harness.server import VllmServer
 from harness.tiny import DEFAULT_MODEL_DIR
 from harness.workloads.base import load_samples
 
 
 def write_dataset(samples, folder: Path) -> Path:
-    rows = []
-    for s in samples:
-        image = folder / f"{s.id}.png"
-        s.image.save(image)
-        rows.append({"content": [{"type": "image", "image": str(image)}, {"type": "text", "text": s.prompt}]})
+    """The harness's own chat content per sample (a PNG data URL, then the text)."""
+    rows = [{"content": chat_messages(s)[0]["content"]} for s in samples]
     path = folder / "suite.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -52,7 +49,8 @@ def vllm_bench(server, dataset: Path, args, result_dir: Path) -> float:
         raise RuntimeError(f"vllm bench serve failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     result = json.loads((result_dir / "bench.json").read_text())
     if result.get("completed") != args.requests:
-        raise RuntimeError(f"vllm bench completed {result.get('completed')} of {args.requests} requests")
+        errors = [e for e in result.get("errors", []) if e][:3]
+        raise RuntimeError(f"vllm bench completed {result.get('completed')} of {args.requests} requests: {errors}\n{proc.stdout[-1500:]}")
     return float(result["output_throughput"])
 
 

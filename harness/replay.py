@@ -104,8 +104,13 @@ async def replay_async(
     if chat_template_kwargs:
         extra["chat_template_kwargs"] = dict(chat_template_kwargs)
 
+    # Images are encoded before the clock starts: PNG + base64 is client CPU work that would
+    # otherwise compete with the server inside the measured window (2 cores here).
+    messages = [chat_messages(s) for s in samples]
+
     async def send(index: int, sample: Any) -> RequestRecord:
-        return await _send(client, target.model_name, sample, _params(sampling, index, extra))
+        return await _send(client, target.model_name, sample, messages[index % len(messages)],
+                           _params(sampling, index, extra))
 
     async with client:
         warm = [await send(i, samples[i % len(samples)]) for i in range(workload.warmup_requests)] if samples else []
@@ -182,12 +187,12 @@ def chat_messages(sample: Any) -> list[dict[str, Any]]:
     }]
 
 
-async def _send(client: Any, model: str, sample: Any, params: dict[str, Any]) -> RequestRecord:
+async def _send(client: Any, model: str, sample: Any, messages: list[dict[str, Any]],
+                params: dict[str, Any]) -> RequestRecord:
     """Streams one chat completion; any failure is caught into the record's ``error``."""
     import httpx
     import openai
 
-    messages = chat_messages(sample)
     state = _StreamState(time.time(), time.perf_counter())
     try:
         stream = await client.chat.completions.create(

@@ -1,0 +1,258 @@
+"""Runs from results/ as tables: one row per run, then one ranked row per comparable variant."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Sections of a run's resolved config that must match for energies to be compared; the
+# energy source and the hardware are added on top (see `setup_key`).
+SETUP_SECTIONS = ("model", "workload", "sampling")
+CI_CONFIDENCE = 0.95
+CI_BOOT = 2000
+# Columns a variant's row takes from its newest run rather than averaging over repeats.
+NEWEST_RUN_COLUMNS = ("variant", "group", "model", "hardware", "workload", "energy_source", "is_baseline",
+                      "gate_threshold", "gate_verdict", "gate_point_pass", "quality_ratio", "quality_ratio_ci_low",
+                      "quality_ratio_ci_high", "energy_ratio", "energy_ratio_ci_low", "energy_ratio_ci_high")
+
+
+@dataclass(frozen=True)
+class Board:
+    """What the leaderboard shows.
+
+    Attributes:
+        runs: one row per successful run (pandas DataFrame), with its group label.
+        table: one row per (group, variant): means over repeats, ranked within each group.
+        failed: one row per failed run (variant, run_id, started_at, error).
+        groups: group label -> its setup description; runs of different groups are never
+            ranked together.
+    """
+
+    runs: Any
+    table: Any
+    failed: Any
+    groups: Mapping[str, str]
+
+
+def hardware_of(provenance: Mapping[str, Any]) -> str:
+    """The metered hardware in words: the GPUs when there are any, else the CPU."""
+    gpus = provenance.get("gpus") or []
+    if gpus:
+        names = sorted({str(g.get("name", "GPU")) for g in gpus})
+        return f"{len(gpus)}x {' + '.join(names)}"
+    host = provenance.get("host") or {}
+    return f"CPU {host.get('cpu_model', '?')} ({host.get('cpus_usable', '?')} cores)"
+
+
+def setup_key(result) -> str:
+    """A canonical string of everything that must match for two runs to be compared."""
+    setup = {k: result.config.get(k) for k in SETUP_SECTIONS}
+    setup["hardware"] = hardware_of(result.provenance)
+    setup["energy_source"] = result.energy.get("source")
+    return json.dumps(setup, sort_keys=True, default=str)
+
+
+def describe_setup(key: str) -> str:
+    """One line naming the model, hardware, suite, sampling and energy source of a group."""
+    s = json.loads(key)
+    m, w, p = s.get("model") or {}, s.get("workload") or {}, s.get("sampling") or {}
+    return (f"model {m.get('name')} ({m.get('path') or 'default path'}, {m.get('dtype')}); hardware {s['hardware']}; "
+            f"suite {w.get('name')}/{w.get('split')} seed {w.get('seed')} limit {w.get('limit')} {w.get('mode')} "
+            f"c={w.get('concurrency')}; sampling T={p.get('temperature')} top_p={p.get('top_p')} "
+            f"top_k={p.get('top_k')} max_tokens={p.get('max_tokens')}; energy {s['energy_source']}")
+
+
+def _requests(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "requests.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _window(result, name: str) -> Mapping[str, Any]:
+    return next((w for w in result.energy.get("windows", []) if w.get("name") == name), {})
+
+
+def _ratio(gate: Mapping[str, Any] | None, *path: str) -> Mapping[str, Any]:
+    node: Any = gate or {}
+    for key in path:
+        node = (node or {}).get(key)
+    return node or {}
+
+
+def run_row(result, run_dir: Path) -> dict[str, Any]:
+    """The leaderboard's figures for one successful run.
+
+    Per-request energies: J/request = suite window energy / requests sent; J/output token
+    = suite window energy / output tokens of successful requests. Idle power = idle window
+    energy / its duration (model loaded, no request). p95s come from requests.jsonl.
+    """
+    suite, idle = _window(result, "suite"), _window(result, "idle")
+    counts, gate = result.counts, result.gate
+    reqs = _requests(run_dir)
+    ok = [r for r in reqs if r.get("error") is None]
+    energy_j = suite.get("energy_j")
+    tokens = counts.output_tokens if counts else None
+    task_of = {r["id"]: r["task"] for r in reqs}
+    row = {
+        "run_id": result.run_id, "variant": result.variant, "started_at": result.started_at,
+        "model": (result.config.get("model") or {}).get("name"), "hardware": hardware_of(result.provenance),
+        "workload": (result.config.get("workload") or {}).get("name"), "setup": setup_key(result),
+        "energy_source": result.energy.get("source"), "suite_energy_j": energy_j,
+        "suite_duration_s": suite.get("duration_s"),
+        "idle_power_w": idle["energy_j"] / idle["duration_s"] if idle.get("duration_s") else None,
+        "requests": counts.requests if counts else len(reqs), "output_tokens": tokens,
+        "output_tok_per_s": result.throughput.output_tok_per_s if result.throughput else None,
+        "quality_overall": result.quality.get("overall"),
+        "gate_threshold": (result.config.get("quality") or {}).get("threshold"),
+        "is_baseline": result.variant == (result.config.get("quality") or {}).get("baseline_variant"),
+        "gate_verdict": (gate or {}).get("verdict"), "gate_point_pass": (gate or {}).get("point_pass"),
+        "baseline_run_id": (gate or {}).get("baseline_run_id"),
+        "ttft_ms_list": [r["ttft_ms"] for r in ok if r.get("ttft_ms") is not None],
+        "latency_ms_list": [r["latency_ms"] for r in ok if r.get("latency_ms") is not None],
+        "per_request_j": dict(result.energy.get("per_request_j") or {}), "task_of": task_of,
+    }
+    for prefix, ratio in (("quality_ratio", _ratio(gate, "overall")), ("energy_ratio", _ratio(gate, "energy", "ratio"))):
+        row.update({prefix: ratio.get("point"), f"{prefix}_ci_low": ratio.get("ci_low"),
+                    f"{prefix}_ci_high": ratio.get("ci_high")})
+    for task, value in (result.quality.get("per_task") or {}).items():
+        row[f"quality_{task}"] = value
+    return row
+
+
+def load_runs(results_dir: Path | str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of successful runs and of failed ones, from runs.jsonl and each run's result.json.
+
+    A row whose run directory lacks result.json counts as failed, with the reason.
+    """
+    from harness.results import load_result, read_rows
+
+    results_dir = Path(results_dir)
+    ok, failed = [], []
+    for row in read_rows(results_dir / "runs.jsonl"):
+        run_dir = results_dir / "runs" / str(row.get("run_id"))
+        base = {"variant": row.get("variant"), "run_id": row.get("run_id"), "started_at": row.get("started_at")}
+        if row.get("status") != "ok":
+            failed.append({**base, "error": row.get("error") or "no error recorded"})
+        elif not (run_dir / "result.json").is_file():
+            failed.append({**base, "error": f"{run_dir}/result.json is missing"})
+        else:
+            ok.append(run_row(load_result(run_dir), run_dir))
+    return ok, failed
+
+
+def bootstrap_ci(values, reduce, seed: int = 0) -> tuple[float | None, float | None]:
+    """Percentile-bootstrap CI_CONFIDENCE interval of reduce(values); (None, None) below 2 values."""
+    import numpy as np
+
+    data = np.asarray(list(values), dtype=float)
+    if data.size < 2:
+        return None, None
+    rng = np.random.default_rng(seed)
+    reps = reduce(data[rng.integers(0, data.size, size=(CI_BOOT, data.size))], axis=1)
+    tail = (1 - CI_CONFIDENCE) / 2 * 100
+    low, high = np.percentile(reps, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _suite_energy_ci(runs) -> tuple[float | None, float | None, str]:
+    """The suite energy interval: over repeats when there are several runs, else over items.
+
+    With one run, the per-request attributed energies are resampled (the suite's items
+    drawn again) and the interval of their sum is scaled onto the suite window's energy.
+    """
+    import numpy as np
+
+    if len(runs) >= 2:
+        low, high = bootstrap_ci(runs["suite_energy_j"], np.mean)
+        return low, high, "repeats"
+    row = runs.iloc[0]
+    per_request = list(row["per_request_j"].values())
+    total = sum(per_request)
+    low, high = bootstrap_ci(per_request, np.sum)
+    if low is None or not total or row["suite_energy_j"] is None:
+        return None, None, "none"
+    scale = row["suite_energy_j"] / total
+    return low * scale, high * scale, "items"
+
+
+def _percentile(lists, q: float) -> float | None:
+    import numpy as np
+
+    pooled = [v for values in lists for v in values]
+    return float(np.percentile(pooled, q)) if pooled else None
+
+
+def aggregate_variant(runs) -> dict[str, Any]:
+    """One leaderboard row from one variant's comparable runs (repeats averaged).
+
+    Means over repeats for energy, throughput and quality; latency percentiles over the
+    pooled requests; the gate and ratios of the newest run (each gated against the
+    baseline that existed when it ran).
+    """
+    runs = runs.sort_values("started_at")
+    newest = runs.iloc[-1]
+    low, high, basis = _suite_energy_ci(runs)
+    energy = runs["suite_energy_j"].astype(float)
+    total_requests, total_tokens = runs["requests"].sum(), runs["output_tokens"].sum()
+    row = {k: newest[k] for k in NEWEST_RUN_COLUMNS}
+    row.update({
+        "n_runs": len(runs), "run_ids": " ".join(runs["run_id"]),
+        "suite_energy_j": float(energy.mean()), "suite_energy_j_std": float(energy.std()) if len(runs) > 1 else None,
+        "suite_energy_j_ci_low": low, "suite_energy_j_ci_high": high, "suite_energy_ci_basis": basis,
+        "j_per_request": float(energy.sum() / total_requests) if total_requests else None,
+        "j_per_output_token": float(energy.sum() / total_tokens) if total_tokens else None,
+        "idle_power_w": float(runs["idle_power_w"].astype(float).mean()),
+        "output_tokens_per_request": float(total_tokens / total_requests) if total_requests else None,
+        "output_tok_per_s": float(runs["output_tok_per_s"].astype(float).mean()),
+        "ttft_ms_p50": _percentile(runs["ttft_ms_list"], 50), "ttft_ms_p95": _percentile(runs["ttft_ms_list"], 95),
+        "latency_ms_p50": _percentile(runs["latency_ms_list"], 50),
+        "latency_ms_p95": _percentile(runs["latency_ms_list"], 95),
+    })
+    for column in sorted(c for c in runs.columns if c.startswith("quality_") and "ratio" not in c):
+        row[column] = float(runs[column].astype(float).mean())
+    return row
+
+
+def rank(table):
+    """Orders each group as the competition ranks: variants keeping >= the gate threshold of
+    the baseline's quality (point estimate, as a judge sees one run; the baseline keeps all
+    of its own) by suite energy ascending, then the rest by suite energy. `rank` is set for
+    the former only."""
+    table = table.copy()
+    point_pass = table["gate_point_pass"].astype(object).fillna(False).astype(bool)  # no gate: not ranked
+    table["ranked"] = table["is_baseline"].astype(bool) | point_pass
+    table = table.sort_values(["group", "ranked", "suite_energy_j"], ascending=[True, False, True], kind="stable")
+    ranks = table[table["ranked"]].groupby("group").cumcount() + 1
+    table["rank"] = ranks.reindex(table.index).astype("Int64")
+    return table.reset_index(drop=True)
+
+
+def build_board(results_dir: Path | str, *, model: str | None = None, hardware: str | None = None,
+                workload: str | None = None) -> Board:
+    """Loads, filters (exact model name, hardware substring, workload name), groups and ranks."""
+    import pandas as pd
+
+    ok, failed = load_runs(results_dir)
+    runs = pd.DataFrame(ok)
+    if not runs.empty:
+        keep = pd.Series(True, index=runs.index)
+        if model:
+            keep &= runs["model"] == model
+        if hardware:
+            keep &= runs["hardware"].str.contains(hardware, case=False, regex=False)
+        if workload:
+            keep &= runs["workload"] == workload
+        runs = runs[keep].reset_index(drop=True)
+    if runs.empty:
+        return Board(runs, pd.DataFrame(), pd.DataFrame(failed), {})
+    # Largest group first: G1 is the comparison most runs share.
+    order = runs["setup"].value_counts(sort=True).index
+    labels = {key: f"G{i + 1}" for i, key in enumerate(order)}
+    runs["group"] = runs["setup"].map(labels)
+    rows = [aggregate_variant(part) for _, part in runs.groupby(["group", "variant"], sort=True)]
+    groups = {label: describe_setup(key) for key, label in labels.items()}
+    return Board(runs, rank(pd.DataFrame(rows)), pd.DataFrame(failed), groups)

@@ -1,0 +1,105 @@
+"""The submission's README.md model card, written only from measured results."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def _num(value: Any, fmt: str = ".3g") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _ratio(row: Mapping[str, Any], name: str) -> str:
+    if row.get(name) is None:
+        return "-"
+    return f"{row[name]:.3f} [{_num(row.get(name + '_ci_low'), '.3f')}, {_num(row.get(name + '_ci_high'), '.3f')}]"
+
+
+def results_table(variant: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> list[str]:
+    """Rows of the measured comparison: energy, speed, quality per family, ratios, gate."""
+    base = baseline or {}
+    source = variant["energy_source"]
+    families = sorted(k for k in variant if k.startswith("quality_") and k != "quality_overall"
+                      and not k.startswith("quality_ratio"))
+    rows = [
+        (f"suite energy (J, {source})", variant["suite_energy_j"], base.get("suite_energy_j")),
+        (f"energy per request (J, {source})", _per(variant, "requests"), _per(base, "requests")),
+        (f"energy per output token (J, {source})", _per(variant, "output_tokens"), _per(base, "output_tokens")),
+        ("idle power (W)", variant["idle_power_w"], base.get("idle_power_w")),
+        ("output tokens / s", variant["output_tok_per_s"], base.get("output_tok_per_s")),
+        ("quality, overall (macro)", variant["quality_overall"], base.get("quality_overall")),
+    ] + [(f"quality, {f.removeprefix('quality_')}", variant[f], base.get(f)) for f in families]
+    lines = ["| measured | this model | baseline |", "|---|---|---|"]
+    lines += [f"| {name} | {_num(v)} | {_num(b)} |" for name, v, b in rows]
+    return lines
+
+
+def _per(row: Mapping[str, Any], count: str) -> float | None:
+    if not row or not row.get(count) or row.get("suite_energy_j") is None:
+        return None
+    return row["suite_energy_j"] / row[count]
+
+
+def _recipe_lines(folder: Path) -> list[str]:
+    path = folder / "recipe.json"
+    if not path.is_file():
+        return ["No compression: the base model's weights as they are."]
+    recipe = json.loads(path.read_text(encoding="utf-8"))
+    lines = []
+    for step in recipe.get("steps", []):
+        config = step.get("config", {})
+        lines.append(f"- {step.get('step', 'compress')}: scheme `{config.get('scheme')}` ({config.get('class')}), "
+                     f"{step.get('quantized_modules', '?')} modules quantized, calibration: {step.get('calibration')}")
+    lines.append("The full lineage (configs, library versions, base-model hash) is in recipe.json.")
+    return lines
+
+
+def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline_row: Mapping[str, Any] | None,
+               overrides: list[str], size_bytes: int) -> str:
+    """README.md text for the submission folder.
+
+    Args:
+        folder: the submission folder (recipe.json and vllm_config.yaml are read from it).
+        result: the variant's RunResult the folder was made from.
+        variant_row, baseline_row: `harness.leaderboard_data.run_row` of the run and of its
+            baseline (None when the run has no gate).
+        overrides: the Hydra overrides that reproduce the run.
+        size_bytes: the folder's size on disk before this README.
+    """
+    cfg = result.config
+    model, workload, sampling = cfg.get("model", {}), cfg.get("workload", {}), cfg.get("sampling", {})
+    gate = result.gate or {}
+    repro = " ".join(overrides)
+    lines = [
+        f"# {result.variant}: {model.get('name')} for energy-efficient serving", "",
+        f"Base model: `{model.get('name')}` ({model.get('dtype')}). Size on disk: {size_bytes / 2**20:.1f} MiB.", "",
+        "## Compression recipe", "", *_recipe_lines(folder), "",
+        "## Serve settings (vllm_config.yaml)", "", "```yaml",
+        (folder / "vllm_config.yaml").read_text(encoding="utf-8").rstrip(), "```", "",
+        "Serve it from inside this folder: `vllm serve --config vllm_config.yaml --port 8000`.", "",
+        "## Measured results", "",
+        f"Hardware: {variant_row['hardware']}. Energy source: **{variant_row['energy_source']}** "
+        "(measured = hardware energy counters; modeled = an estimate from CPU activity, not a measurement).",
+        f"Suite: {workload.get('name')} {workload.get('split')} split, {variant_row['requests']} requests "
+        f"({workload.get('mode')}), sampling temperature {sampling.get('temperature')}, top_p {sampling.get('top_p')}, "
+        f"top_k {sampling.get('top_k')}, max_tokens {sampling.get('max_tokens')}.",
+        f"Run `{result.run_id}`" + (f", baseline run `{gate['baseline_run_id']}`." if gate else " (no baseline run)."), "",
+        *results_table(variant_row, baseline_row), "",
+    ]
+    if gate:
+        lines += [
+            f"Quality ratio to the baseline: {_ratio(variant_row, 'quality_ratio')} (95% CI); "
+            f"energy ratio: {_ratio(variant_row, 'energy_ratio')}.",
+            f"Gate (>= {gate.get('threshold')} of baseline quality, rule {gate.get('rule')}): {gate.get('verdict')} "
+            f"on the interval, {'passes' if gate.get('point_pass') else 'fails'} on the point estimate.", "",
+        ]
+    lines += [
+        "## How to reproduce", "", "```bash",
+        f"python -m harness +variant={result.variant} {repro}".rstrip(),
+        f"python -m harness.submit +variant={result.variant} {repro}".rstrip(), "```", "",
+        "Every figure above was produced by these commands; none was edited by hand.",
+    ]
+    return "\n".join(lines) + "\n"
