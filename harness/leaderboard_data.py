@@ -136,7 +136,9 @@ def load_runs(results_dir: Path | str) -> tuple[list[dict[str, Any]], list[dict[
         run_dir = results_dir / "runs" / str(row.get("run_id"))
         base = {"variant": row.get("variant"), "run_id": row.get("run_id"), "started_at": row.get("started_at")}
         if row.get("status") != "ok":
-            failed.append({**base, "error": row.get("error") or "no error recorded"})
+            # The headline only: a server failure carries its whole log tail in result.json.
+            error = (row.get("error") or "no error recorded").strip().splitlines()[0]
+            failed.append({**base, "error": error})
         elif not (run_dir / "result.json").is_file():
             failed.append({**base, "error": f"{run_dir}/result.json is missing"})
         else:
