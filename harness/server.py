@@ -178,16 +178,9 @@ class VllmServer:
         _LIVE.discard(self)
         if proc is None:
             return
-        _signal_group(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=STOP_GRACE_S)
-            _wait_group_gone(proc.pid, STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:  # also on a second Ctrl-C while waiting: never leave the group behind
-            if proc.poll() is None or _group_alive(proc.pid):
-                _signal_group(proc.pid, signal.SIGKILL)  # whatever ignored SIGTERM
-            proc.wait()
+            stop_process_group(proc)
+        finally:
             self._proc = None
 
     def _env(self, platform: Platform) -> dict[str, str]:
@@ -221,6 +214,20 @@ def _ready(client: Any, root: str, headers: dict[str, str], model_name: str) -> 
     except httpx.TransportError:  # not listening yet
         return False
     return models.status_code == 200 and any(m.get("id") == model_name for m in models.json().get("data", []))
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Stops a child started in its own process group: SIGTERM, then SIGKILL what is left."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_GRACE_S)
+        _wait_group_gone(proc.pid, STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:  # also on a second Ctrl-C while waiting: never leave the group behind
+        if proc.poll() is None or _group_alive(proc.pid):
+            _signal_group(proc.pid, signal.SIGKILL)  # whatever ignored SIGTERM
+        proc.wait()
 
 
 def _free_port(host: str) -> int:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness.server import LOG_TAIL_LINES, STOP_GRACE_S, _free_port, _group_alive, _signal_group, _wait_group_gone
+from harness.server import LOG_TAIL_LINES, _free_port, stop_process_group
 
 HOST = "127.0.0.1"
 ANSWER_MAX_TOKENS = 16
@@ -76,20 +75,6 @@ def _ask(base_url: str, key: str, model: str) -> str:
     return reply.choices[0].message.content or ""
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stops the server's whole process group: SIGTERM, then SIGKILL whatever is left after 20 s."""
-    _signal_group(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_GRACE_S)
-        _wait_group_gone(proc.pid, STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:  # also on Ctrl-C while waiting: never leave engine processes behind
-        if proc.poll() is None or _group_alive(proc.pid):
-            _signal_group(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def ask_one_image(folder: Path, *, startup_timeout_s: float = 600.0) -> str:
     """Runs `vllm serve --config vllm_config.yaml` in `folder` on loopback, asks one image
     question, and always stops the server. Port, host and API key go on the command line.
@@ -111,4 +96,4 @@ def ask_one_image(folder: Path, *, startup_timeout_s: float = 600.0) -> str:
         model = _served_name(f"http://{HOST}:{port}", key, proc, log, startup_timeout_s)
         return _ask(f"http://{HOST}:{port}/v1", key, model)
     finally:
-        _stop(proc)
+        stop_process_group(proc)
