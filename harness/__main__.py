@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from harness.config import CONF_DIR, RunConfig, compose, to_run_config
 
 # Errors that mean "the input or the platform is wrong": shown as one line, no traceback.
-USER_ERRORS = ("ConfigError", "PlatformError", "BuildError", "ServerError", "FileExistsError")
+USER_ERRORS = ("ConfigError", "PlatformError", "BuildError", "ServerError", "FileExistsError", "RunFailed")
 
 
 def config_dict(run_cfg: RunConfig) -> dict:
@@ -37,22 +37,37 @@ def ensure_baseline(run_cfg: RunConfig, overrides: list[str], console) -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def _app(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> dict | None:
+    """One job. In a multirun sweep a failed job is reported and returned (as a dict that the
+    sweep report callback collects) so the sweep goes on; alone, it exits as before."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from rich.console import Console
 
     from harness.pipeline import run
 
     console = Console()
+    hydra_cfg = HydraConfig.get()
+    variant = str(cfg.get("name", "?"))
     try:
         run_cfg = to_run_config(cfg)
-        ensure_baseline(run_cfg, list(HydraConfig.get().overrides.task), console)
+        ensure_baseline(run_cfg, list(hydra_cfg.overrides.task), console)
         run(run_cfg, config_dict(run_cfg), console)
     except Exception as err:  # noqa: BLE001 - user errors become one line; others re-raise
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            console.print(f"[red]job {hydra_cfg.job.num} ({variant}) failed:[/] {_first_line(err)}",
+                          markup=True, highlight=False, soft_wrap=True)
+            return {"variant": variant, "status": "failed", "error": f"{type(err).__name__}: {_first_line(err)}"}
         if type(err).__name__ not in USER_ERRORS:
             raise
         console.print(f"[red]error:[/] {err}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(2)
+    return {"variant": variant, "status": "ok", "error": None}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def main() -> None:

@@ -82,6 +82,8 @@ class WorkloadConfig:
     rate_rps: float = 1.0
     warmup_requests: int = 0
     request_timeout_s: float = 120.0
+    # Share (0..1) of measured requests that may fail before the run is recorded failed.
+    max_error_rate: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,8 @@ def _check_values(run: RunConfig) -> None:
                        "quality.bootstrap_n": run.quality.bootstrap_n}.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
+    if not 0.0 <= run.workload.max_error_rate <= 1.0:
+        raise ConfigError(f"workload.max_error_rate must be a share in [0, 1], got {run.workload.max_error_rate}")
     if not 0.0 < run.quality.threshold <= 1.0:
         raise ConfigError(f"quality.threshold must be in (0, 1], got {run.quality.threshold}")
     if not 0.0 < run.serve.gpu_memory_utilization <= 1.0:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.config import RunConfig
+
+if TYPE_CHECKING:
+    from harness.results import RunResult
 
 SERVED_NAME = "model"
 
@@ -36,38 +39,64 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any], console=None) -> "RunRe
     """
     from harness.build import build_variant
     from harness.results import new_run_dir
+    from harness.resume import find_resume
+    from harness.workloads.base import load_samples
 
     check = preflight(run_cfg)
+    wl = run_cfg.workload
+    samples = load_samples(wl.seed, wl.split, wl.limit)
+    resume = find_resume(run_cfg.results_dir, run_cfg.name, config_dict, [str(s.id) for s in samples])
     started = datetime.now(timezone.utc)
     paths = new_run_dir(run_cfg.results_dir, run_cfg.name, started)
     _say(console, f"run {run_cfg.name}: {paths.root}")
+    if resume is not None:
+        _say(console, f"resuming failed run {resume.run_id}: {len(resume.records)} of {len(samples)} "
+                      f"requests already completed, replaying the rest")
     try:
         model_dir = build_variant(run_cfg, check.compress, log=lambda m: _say(console, m))
-        measured = _serve_and_measure(run_cfg, check, model_dir, paths)
-        result = _record(run_cfg, config_dict, check, paths, started, measured, error=None)
+        measured = _serve_and_measure(run_cfg, check, model_dir, paths, samples, resume)
     except (KeyboardInterrupt, Exception) as err:  # noqa: BLE001 - recorded, then re-raised
         _record(run_cfg, config_dict, check, paths, started, None, error=f"{type(err).__name__}: {err}")
         raise
+    failure = measured["failure"] or _too_many_errors(run_cfg, measured)
+    error = None if failure is None else f"{type(failure).__name__}: {failure}"
+    result = _record(run_cfg, config_dict, check, paths, started, measured, error=error)
+    if failure is not None:
+        raise failure
     from harness.summary import print_summary
 
     print_summary(result, paths.root, console)
     return result
 
 
+def _too_many_errors(run_cfg: RunConfig, measured: dict[str, Any]):
+    """A RunFailed when the share of failed requests (reused ones included) is over the limit."""
+    from harness.faults import error_rate_failure
+
+    records = [*measured["reused"], *measured["played"].records]
+    return error_rate_failure(records, run_cfg.workload.max_error_rate)
+
+
 def _say(console, message: str) -> None:
     (console.print if console is not None else print)(message)
 
 
-def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths) -> dict[str, Any]:
-    """Serves the model, records the idle, suite and steady windows, replays the suite."""
+def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths, samples, resume) -> dict[str, Any]:
+    """Serves the model, records the idle and suite windows (and steady), replays the suite.
+
+    Samples already answered by ``resume`` are not sent again. If the server dies during the
+    replay, the replay stops within a watchdog interval and the result holds the completed
+    requests, the idle window and a "suite_partial" window up to the death, plus the failure.
+    """
     from harness.energy import make_meter, steady_window
     from harness.energy.attribution import per_request_energy_j
-    from harness.replay import replay
+    from harness.faults import guarded_replay
     from harness.server import VllmServer
-    from harness.workloads.base import load_samples
 
     wl = run_cfg.workload
-    samples = load_samples(wl.seed, wl.split, wl.limit)
+    reused = resume.records if resume is not None else ()
+    done_ids = {r.id for r in reused}
+    todo = [s for s in samples if str(s.id) not in done_ids]
     with VllmServer(model_dir, check.serve, paths.root, served_model_name=SERVED_NAME,
                     dtype=run_cfg.model.dtype, platform=check.platform) as server:
         with make_meter(run_cfg.energy.meter, **_meter_settings(run_cfg, server)) as meter:
@@ -75,20 +104,24 @@ def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths) -> dic
             idle_t0 = time.time()
             time.sleep(run_cfg.energy.idle_s)  # model loaded, no request: the idle window
             idle = meter.energy_between(idle_t0, time.time(), name="idle")
-            played = replay(server.target, samples, wl, run_cfg.sampling,
-                            chat_template_kwargs=check.serve.chat_template_kwargs)
-            server.check_alive()
-            suite = meter.energy_between(played.start_s, played.end_s, name="suite")
+            guarded = guarded_replay(server, todo, wl, run_cfg.sampling, log_path=paths.requests,
+                                     chat_template_kwargs=check.serve.chat_template_kwargs)
+            played = guarded.played
+            if guarded.failure is None:
+                server.check_alive()
+            name = "suite" if guarded.failure is None else "suite_partial"
+            suite = meter.energy_between(played.start_s, played.end_s, name=name) if played.records else None
             target = 1 if wl.mode == "sequential" else wl.concurrency  # requests meant to be in flight
             span = steady_window([(r.start_s, r.end_s) for r in played.records], target)
-            steady = meter.energy_between(*span, name="steady") if span else None
-            per_request = per_request_energy_j(meter, played.records)
+            steady = meter.energy_between(*span, name="steady") if span and guarded.failure is None else None
+            per_request = per_request_energy_j(meter, played.records) if played.records else {}
             gpu = {"start": gpu_start, "end": _gpu_state(meter)} if gpu_start else None
             meter.write_trace(paths.power_trace)
             source = meter.source
     windows = [w for w in (idle, suite, steady) if w is not None]
     return {"samples": samples, "played": played, "windows": windows, "source": source,
-            "per_request_j": per_request, "gpu": gpu, "model_dir": str(model_dir)}
+            "per_request_j": per_request, "gpu": gpu, "model_dir": str(model_dir),
+            "failure": guarded.failure, "reused": reused, "resumed_from": resume.run_id if resume else None}
 
 
 def _gpu_state(meter) -> list[dict] | None:
@@ -123,21 +156,31 @@ def _record(run_cfg, config_dict, check, paths, started, measured, error):
     serve = {"effective": _jsonable(asdict(check.serve)), "platform": check.platform.describe(),
              "fallbacks": [asdict(f) for f in check.fallbacks]}
     quality, energy, gate, stats = {}, {"source": None, "windows": []}, None, (None, None, None)
+    extra = {}
     if measured is not None:
-        played = measured["played"]
-        records = played.records
+        from harness.resume import in_sample_order
+
+        played, failed = measured["played"], measured["failure"] is not None
+        records = in_sample_order([*measured["reused"], *played.records], measured["samples"])
         write_jsonl_atomic(paths.requests, [asdict(r) for r in records])
-        report = score(measured["samples"], records)
-        quality = report.to_dict()
+        answered = {r.id for r in records}
+        # A run cut short is scored over the samples it answered, not diluted by the rest.
+        samples = [s for s in measured["samples"] if str(s.id) in answered] if failed else measured["samples"]
+        report = score(samples, records) if samples else None
+        quality = report.to_dict() if report else {}
         energy = {"source": measured["source"], "windows": [w.to_dict() for w in measured["windows"]],
                   "per_request_j": measured["per_request_j"], "gpu": measured["gpu"]}
-        stats = summarize_requests(records, played.duration_s)
-        gate = gate_against_baseline(run_cfg, config_dict, report, energy)
+        # Latency and throughput describe this run's own replay (its energy windows cover only it).
+        stats = summarize_requests(played.records, played.duration_s) if played.records else stats
+        gate = gate_against_baseline(run_cfg, config_dict, report, energy) if error is None else None
         serve["model_dir"] = measured["model_dir"]
+        if measured["resumed_from"]:
+            extra = {"resume": {"resumed_from": measured["resumed_from"], "reused_requests": len(measured["reused"]),
+                                "replayed_requests": len(played.records)}}
     result = RunResult(
         run_id=paths.root.name, variant=run_cfg.name, status="ok" if error is None else "failed",
         started_at=started.isoformat(), ended_at=datetime.now(timezone.utc).isoformat(),
-        config=config_dict, provenance=provenance.collect(), serve=serve, energy=energy,
+        config=config_dict, provenance={**provenance.collect(), **extra}, serve=serve, energy=energy,
         quality=quality, latency=stats[0], throughput=stats[1], counts=stats[2], gate=gate, error=error,
     )
     write_result(paths.root, result)

@@ -72,15 +72,18 @@ def replay(
     *,
     chat_template_kwargs: Mapping[str, Any] | None = None,
     show_progress: bool = True,
+    on_record: Callable[[RequestRecord], None] | None = None,
 ) -> ReplayResult:
     """Sends ``samples`` (objects with id, task, image, prompt) the way ``workload`` says.
 
     Warm-up requests (the first ``workload.warmup_requests`` samples, cycled) go first,
     sequentially, and are returned apart. Failures become records with ``error`` set.
+    ``on_record``, if given, is called with each measured record as soon as it completes
+    (so a caller keeps what finished even when the replay is cancelled).
     """
     return asyncio.run(
         replay_async(target, samples, workload, sampling, chat_template_kwargs=chat_template_kwargs,
-                     show_progress=show_progress)
+                     show_progress=show_progress, on_record=on_record)
     )
 
 
@@ -92,6 +95,7 @@ async def replay_async(
     *,
     chat_template_kwargs: Mapping[str, Any] | None = None,
     show_progress: bool = True,
+    on_record: Callable[[RequestRecord], None] | None = None,
 ) -> ReplayResult:
     """The coroutine behind :func:`replay`, for callers already inside an event loop."""
     from openai import AsyncOpenAI  # lazy: keeps `import harness` light
@@ -116,7 +120,7 @@ async def replay_async(
         warm = [await send(i, samples[i % len(samples)]) for i in range(workload.warmup_requests)] if samples else []
         with _Progress(len(samples), show_progress) as advance:
             start_s = time.time()
-            records = await _schedule(samples, workload, send, advance)
+            records = await _schedule(samples, workload, send, advance, on_record)
             end_s = max([start_s, *(r.end_s for r in records)])
     return ReplayResult(tuple(records), tuple(warm), start_s, end_s)
 
@@ -126,6 +130,7 @@ async def _schedule(
     workload: WorkloadConfig,
     send: Callable[[int, Any], Awaitable[RequestRecord]],
     advance: Callable[[], None],
+    on_record: Callable[[RequestRecord], None] | None = None,
 ) -> list[RequestRecord]:
     """Runs every request under the workload's arrival pattern; returns records in sample order."""
     limit = 1 if workload.mode == "sequential" else workload.concurrency
@@ -138,6 +143,8 @@ async def _schedule(
         async with gate:
             record = await send(index, sample)
         advance()
+        if on_record is not None:
+            on_record(record)
         return record
 
     return list(await asyncio.gather(*(one(i, s) for i, s in enumerate(samples))))
