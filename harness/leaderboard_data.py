@@ -126,7 +126,8 @@ def run_row(result, run_dir: Path) -> dict[str, Any]:
 def load_runs(results_dir: Path | str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows of successful runs and of failed ones, from runs.jsonl and each run's result.json.
 
-    A row whose run directory lacks result.json counts as failed, with the reason.
+    A row whose run directory lacks result.json counts as failed, with the reason; so does a
+    resumed run, whose energy covers only part of the suite.
     """
     from harness.results import load_result, read_rows
 
@@ -142,7 +143,12 @@ def load_runs(results_dir: Path | str) -> tuple[list[dict[str, Any]], list[dict[
         elif not (run_dir / "result.json").is_file():
             failed.append({**base, "error": f"{run_dir}/result.json is missing"})
         else:
-            ok.append(run_row(load_result(run_dir), run_dir))
+            result = load_result(run_dir)
+            if result.provenance.get("resume"):
+                # Its energy windows cover only the requests replayed after the resume.
+                failed.append({**base, "error": "resumed run: energy covers part of the suite; rerun it whole to rank it"})
+                continue
+            ok.append(run_row(result, run_dir))
     return ok, failed
 
 
