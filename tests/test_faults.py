@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import group_alive
+
 REPO = Path(__file__).resolve().parents[1]
 LIMIT = 12
 KILL_AFTER = 3  # completed requests on disk before the server is killed
@@ -48,14 +50,6 @@ def _server_pgid(config_path: Path) -> int | None:
     return None
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def killed_run(tmp_path_factory: pytest.TempPathFactory):
     """Runs bf16 through the CLI and SIGKILLs the server's process group after KILL_AFTER requests."""
@@ -89,7 +83,7 @@ def test_killed_server_stops_the_run_within_seconds(killed_run):
     assert code == 2, output[-3000:]
     assert stop_s < 10.0
     assert "vLLM server exited" in output and output.count("\n") < 80
-    assert not _group_alive(pgid)
+    assert not group_alive(pgid)
 
 
 def test_killed_run_is_recorded_failed_and_keeps_completed_work(killed_run):

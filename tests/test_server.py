@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,20 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.procs import group_alive
 import yaml
 
 from harness.config import compose
 from harness.server import ServerError, VllmServer
 
 pytestmark = pytest.mark.server
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_serves_on_loopback_behind_its_key(served_tiny) -> None:
@@ -48,9 +41,9 @@ def test_stop_leaves_no_process_in_the_group(tiny_model_dir: Path, tmp_path: Pat
     run = compose(["serve.startup_timeout_s=300"])
     with VllmServer(tiny_model_dir, run.serve, tmp_path, served_model_name="stop-check") as server:
         pgid = server.pgid
-        assert _group_alive(pgid)
+        assert group_alive(pgid)
         server.check_alive()
-    assert not _group_alive(pgid)
+    assert not group_alive(pgid)
     server.stop()  # idempotent
 
 
@@ -108,4 +101,4 @@ def test_interrupted_parent_leaves_no_orphans(tiny_model_dir: Path, tmp_path: Pa
         parent.wait(timeout=60)
     finally:
         parent.kill()
-    assert not _group_alive(pgid)
+    assert not group_alive(pgid)
