@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/compress.py                 # both models (E4B needs ~45 GB free disk)
     .venv/bin/python bench/compress.py --skip-e4b      # tiny model only
+    .venv/bin/python bench/compress.py --vs-llmcompressor   # against llmcompressor (bench/compress_llmc.py)
 
 Each compression runs in a fresh subprocess; duration_s is the wall-clock time of
-compress_checkpoint alone (first-call imports included), cpu_s the process's user + system
+compress_checkpoint alone (package imports done before the clock starts), cpu_s the process's user + system
 CPU time (imports included; on a shared machine wall time can be mostly waiting for disk and
 CPU), and peak RSS that process's ru_maxrss (resident set, file-backed pages included). The E4B-shaped checkpoint has random N(0, 0.02) bf16
 weights with the text-decoder shapes of Gemma 4 E4B (42 layers, hidden 2560, FFN 10240,
@@ -36,8 +37,10 @@ from pathlib import Path
 from compress import compress_checkpoint, config_from_name
 torch.set_num_threads(1)
 params = json.loads(sys.argv[4])
+calibration = torch.load(sys.argv[5]) if len(sys.argv) > 5 else None
+import compressed_tensors, transformers, compress.calibration, compress.ct_config, compress.export, compress.gptq_runner, compress.lineage  # not timed
 start = time.perf_counter()
-compress_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]), config_from_name(sys.argv[3], **params))
+compress_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]), config_from_name(sys.argv[3], **params), calibration)
 took = time.perf_counter() - start
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"duration_s": took, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_gib": usage.ru_maxrss / 2**20}))
@@ -123,15 +126,21 @@ def build_e4b_shaped(out_dir: Path) -> Path:
     return out_dir
 
 
-def run_scheme(src: Path, out: Path, scheme: str, params: dict) -> dict:
-    """Compresses in a fresh process; returns its duration_s and peak_rss_gib."""
-    done = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), scheme, json.dumps(params)],
+def run_scheme(src: Path, out: Path, scheme: str, params: dict, calibration: Path | None = None,
+               keep: bool = False) -> dict:
+    """Compresses in a fresh process; returns its duration_s and peak_rss_gib.
+
+    `calibration` is a torch.save'd list of model-input dicts (GPTQ); `keep` keeps `out`.
+    """
+    extra = [str(calibration)] if calibration else []
+    done = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), scheme, json.dumps(params), *extra],
                           capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{scheme} on {src} failed:\n{done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["out_gib"] = sum(p.stat().st_size for p in out.glob("*.safetensors")) / 2**30
-    shutil.rmtree(out)
+    if not keep:
+        shutil.rmtree(out)
     return result
 
 
@@ -146,7 +155,14 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--e4b-dir", type=Path, default=None, help="reuse an E4B-shaped checkpoint built before")
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES, help="schemes to run")
+    parser.add_argument("--vs-llmcompressor", action="store_true",
+                        help="compare time and weights with llmcompressor in its own venv (see bench/compress_llmc.py)")
     args = parser.parse_args()
+    if args.vs_llmcompressor:
+        from compress_llmc import compare_all  # bench/ is this script's folder, first on sys.path
+
+        compare_all(run_scheme, args.work_dir)
+        return
     work = Path(tempfile.mkdtemp(prefix="bench-compress-", dir=args.work_dir))
     try:
         from harness.tiny.build import build_random_tiny

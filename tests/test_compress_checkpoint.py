@@ -171,3 +171,26 @@ def test_text_only_llama_is_compressed_including_gptq_on_token_inputs(tiny_llama
         packed = {k.rsplit(".", 1)[0] for k in stored if k.endswith(".weight_packed")}
         assert len(packed) == 14 and "lm_head.weight" in stored and "model.embed_tokens.weight" in stored
     assert not torch.equal(rtn["model.layers.1.mlp.down_proj.weight_packed"], gptq["model.layers.1.mlp.down_proj.weight_packed"])
+
+
+@pytest.mark.parametrize("scheme", ["fp8", "w8a8_int8", "w4a16_rtn"])
+def test_readback_gives_the_weights_compress_computes_in_memory(tiny_model_dir, compressed, scheme):
+    from transformers import AutoModelForImageTextToText
+
+    from compress import compress_
+    from compress.readback import dequantized_weights
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    encoded = compress_(model, config_from_name(scheme))
+    read = dequantized_weights(compressed[scheme])
+    assert set(read) == set(encoded)
+    assert all(torch.equal(read[n], model.get_submodule(n).weight) for n in read)
+
+
+def test_compare_checkpoints_is_zero_for_a_copy_and_positive_across_schemes(compressed):
+    from compress.readback import compare_checkpoints
+
+    same = compare_checkpoints(compressed["w4a16_rtn"], compressed["w4a16_rtn"])
+    assert same["max_abs_diff"] == 0.0 and same["common"] == same["modules_a"] >= 20
+    across = compare_checkpoints(compressed["w4a16_rtn"], compressed["w8a8_int8"])
+    assert 0.0 < across["max_abs_diff"] < across["max_abs_weight"] and across["differing_fraction"] > 0.5
