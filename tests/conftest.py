@@ -39,3 +39,17 @@ def served_tiny(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     with VllmServer(tiny_model_dir, run.serve, run_dir, served_model_name=run.model.name,
                     dtype=run.model.dtype) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Scheme name -> compressed checkpoint of the tiny model, built once per test session."""
+    import torch
+
+    from compress import compress_checkpoint
+    from compress.configs import config_from_name
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny-checkpoints")
+    schemes = ("fp8_dynamic", "w8a8_int8", "w4a16_rtn", "w4a16_gptq")
+    return {s: compress_checkpoint(tiny_model_dir, root / s, config_from_name(s)) for s in schemes}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress import compress_checkpoint, config_from_name
 from harness.workloads.base import load_samples
 
 N_SAMPLES = 40  # ten per task family
@@ -17,13 +16,6 @@ ACCURACY_SLACK = 0.05  # "a few points": two answers of forty
 @pytest.fixture(scope="module")
 def samples():
     return load_samples(0, "test", N_SAMPLES)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tiny_model_dir, tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("quality-ckpts")
-    return {s: compress_checkpoint(tiny_model_dir, root / s, config_from_name(s)) for s in ALL_SCHEMES}
 
 
 def _replay_greedy(target, samples):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress import compress_checkpoint, config_from_name
+from compress import config_from_name
 from harness.offline_eval import OfflineEvalError, evaluate_offline, load_model
 from harness.workloads.base import load_samples
 
@@ -21,15 +21,6 @@ LAYER = "model.language_model.layers.1.mlp.down_proj"
 @pytest.fixture(scope="module")
 def samples():
     return load_samples(0, "test", N_SAMPLES)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tiny_model_dir, tmp_path_factory):
-    """Scheme name -> compressed checkpoint of the tiny model, built once per module."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("offline-ckpts")
-    return {s: compress_checkpoint(tiny_model_dir, root / s, config_from_name(s))
-            for s in ("w4a16_rtn", "w4a16_gptq", "w8a8_int8")}
 
 
 @pytest.fixture(scope="module")
