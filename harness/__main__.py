@@ -31,7 +31,8 @@ def ensure_baseline(run_cfg: RunConfig, overrides: list[str], console) -> None:
         return
     base_overrides = [o for o in overrides if not o.lstrip("+").startswith("variant=")]
     base_cfg = compose([f"+variant={baseline}", *base_overrides])
-    preflight(run_cfg)  # refuse an impossible variant before spending time on its baseline
+    if preflight(run_cfg).unservable:  # refuse an impossible variant before spending time on its baseline
+        return  # scored offline, never gated: no baseline needed
     console.print(f"[bold]no comparable {baseline} result in {run_cfg.results_dir}: running the baseline first[/]")
     run(base_cfg, config_dict(base_cfg), console)
 

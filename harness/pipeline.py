@@ -45,6 +45,10 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any], console=None) -> "RunRe
     check = preflight(run_cfg)
     wl = run_cfg.workload
     samples = load_samples(wl.seed, wl.split, wl.limit)
+    if check.unservable:
+        from harness.offline_run import run_offline
+
+        run_offline(run_cfg, config_dict, check, samples, console)  # records, then raises the reason
     resume = find_resume(run_cfg.results_dir, run_cfg.name, config_dict, [str(s.id) for s in samples])
     started = datetime.now(timezone.utc)
     paths = new_run_dir(run_cfg.results_dir, run_cfg.name, started)

@@ -72,6 +72,9 @@ class PlatformCheck:
     serve: ServeConfig
     fallbacks: tuple[Fallback, ...]
     compress: CompressSpec | None = None  # the scheme to build; None means the run's own
+    # Why no server can run this variant here (a missing weight kernel); the run then builds
+    # the checkpoint and scores it offline instead of starting a server.
+    unservable: str | None = None
 
 
 def detect_platform() -> Platform:
@@ -95,14 +98,14 @@ def check_platform(run: RunConfig, platform: Platform | None = None) -> Platform
     """
     platform = platform or detect_platform()
     compress, weights_fallback = _check_cpu_fp8(run, platform)
-    _check_weights(compress.scheme, platform)
+    unservable = _check_weights(compress.scheme, platform)
     serve = run.serve
     fallbacks: list[Fallback] = [weights_fallback] if weights_fallback else []
     for check in (_check_kv_cache, _check_graphs):
         serve, fallback = check(serve, platform)
         if fallback is not None:
             fallbacks.append(fallback)
-    return PlatformCheck(platform, serve, tuple(fallbacks), compress)
+    return PlatformCheck(platform, serve, tuple(fallbacks), compress, unservable)
 
 
 def default_enforce_eager(platform: Platform) -> bool:
@@ -110,23 +113,23 @@ def default_enforce_eager(platform: Platform) -> bool:
     return platform.device != "cuda"
 
 
-def _check_weights(scheme: str, platform: Platform) -> None:
+def _check_weights(scheme: str, platform: Platform) -> str | None:
+    """None when vLLM has a weight kernel for ``scheme`` here; else why not (CPU) or raises (GPU)."""
     where = platform.describe()
     if platform.device == "cpu":
         if scheme in _INT4_SCHEMES and not platform.avx512:
-            raise PlatformError(
-                f"compress scheme {scheme} needs vLLM's int4 CPU kernel (cpu_gemm_wna16), which exists "
-                f"only in the AVX-512 build, and this machine is {where}: run it on an AVX-512 CPU or a GPU."
-            )
-        return
+            return (f"compress scheme {scheme} needs vLLM's int4 CPU kernel (cpu_gemm_wna16), which exists "
+                    f"only in the AVX-512 build, and this machine is {where}: serve it on an AVX-512 CPU or a GPU.")
+        return None
     if scheme not in _GPU_KERNELS:
-        return
+        return None
     kind, needed = _GPU_KERNELS[scheme]
     if (platform.compute_capability or (0, 0)) < needed:
         raise PlatformError(
             f"compress scheme {scheme} needs {kind} kernels (compute capability >= "
             f"{needed[0]}.{needed[1]}) but this GPU is {where}: pick another scheme or GPU."
         )
+    return None
 
 
 def _check_cpu_fp8(run: RunConfig, platform: Platform) -> tuple[CompressSpec, Fallback | None]:

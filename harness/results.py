@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
-STATUSES = ("ok", "failed")
+# "offline": no serving kernel on this platform, so the checkpoint was built and scored with
+# transformers instead (quality only, no energy); never ranked.
+STATUSES = ("ok", "failed", "offline")
 
 
 @dataclass(frozen=True)
@@ -161,8 +163,8 @@ class RunResult:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"RunResult.status must be one of {STATUSES}, got {self.status!r}")
-        if self.status == "failed" and not self.error:
-            raise ValueError("a failed RunResult needs `error` saying what went wrong")
+        if self.status in ("failed", "offline") and not self.error:
+            raise ValueError(f"a {self.status} RunResult needs `error` saying why it was not measured")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

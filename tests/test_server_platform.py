@@ -71,14 +71,15 @@ def test_fp8_per_tensor_weights_kept_on_gpu() -> None:
 
 
 @pytest.mark.parametrize("variant", ["w4a16_rtn", "w4a16_gptq"])
-def test_int4_refused_on_avx2_cpu(variant: str) -> None:
-    with pytest.raises(PlatformError, match="cpu_gemm_wna16.*AVX-512"):
-        check_platform(compose([f"+variant={variant}"]), AVX2_CPU)
+def test_int4_marked_unservable_on_avx2_cpu(variant: str) -> None:
+    check = check_platform(compose([f"+variant={variant}"]), AVX2_CPU)
+    assert "cpu_gemm_wna16" in check.unservable and "AVX-512" in check.unservable
 
 
 def test_int4_accepted_on_avx512_cpu_and_ampere() -> None:
     for platform in (AVX512_CPU, A100):
-        assert check_platform(compose(["+variant=w4a16_rtn"]), platform).fallbacks == ()
+        check = check_platform(compose(["+variant=w4a16_rtn"]), platform)
+        assert check.fallbacks == () and check.unservable is None
 
 
 def test_fp8_weights_need_ada_or_newer_gpu() -> None:

@@ -1,0 +1,67 @@
+"""A variant no server can run on this platform: build it, score it offline, record why.
+
+Where vLLM lacks the weight kernel (int4 on an AVX2-only CPU), starting a server would only
+crash mid-load. The run instead builds the checkpoint exactly as for serving and scores it
+with transformers (decompressed, greedy; harness.offline_eval), so a user still learns
+whether the compression kept its quality. The result has status "offline", no energy
+windows and no gate (a greedy offline score does not compare with sampled served ones),
+and it is never ranked; the run then stops with the platform's reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness.config import RunConfig
+
+
+def run_offline(run_cfg: RunConfig, config_dict: dict[str, Any], check, samples, console=None):
+    """Builds, scores offline and records ``run_cfg``; then raises PlatformError with the reason.
+
+    Args:
+        run_cfg: the run; ``check.unservable`` says why it cannot be served here.
+        config_dict: the resolved configuration stored with the result.
+        check: the PlatformCheck from preflight.
+        samples: the workload's samples, scored in full.
+        console: where progress lines go (print when None).
+
+    Raises:
+        PlatformError: always, naming the missing kernel, the offline score and where it is.
+    """
+    from harness.build import build_variant
+    from harness.offline_eval import evaluate_offline
+    from harness.platform import PlatformError
+    from harness.results import new_run_dir
+
+    say = console.print if console is not None else print
+    started = datetime.now(timezone.utc)
+    paths = new_run_dir(run_cfg.results_dir, run_cfg.name, started)
+    say(f"run {run_cfg.name}: {paths.root}")
+    say(f"not servable here ({check.unservable}); building it and scoring it offline with transformers")
+    model_dir = build_variant(run_cfg, check.compress, log=say)
+    dtype = "bfloat16" if run_cfg.model.dtype == "bfloat16" else "float32"
+    report = evaluate_offline(model_dir, samples, max_new_tokens=run_cfg.sampling.max_tokens, dtype=dtype)
+    _record(run_cfg, config_dict, check, paths, started, report, model_dir)
+    raise PlatformError(f"{check.unservable} Offline check instead (transformers, greedy, {len(samples)} "
+                        f"items): quality {report.overall:.3f}, recorded in {paths.root}.")
+
+
+def _record(run_cfg, config_dict, check, paths, started, report, model_dir: Path) -> None:
+    from dataclasses import asdict
+
+    from harness import provenance
+    from harness.results import RunResult, append_row, flat_row, write_result
+
+    quality = {**report.to_dict(), "engine": "offline-transformers-greedy"}
+    serve = {"platform": check.platform.describe(), "unservable": check.unservable,
+             "fallbacks": [asdict(f) for f in check.fallbacks], "model_dir": str(model_dir)}
+    result = RunResult(
+        run_id=paths.root.name, variant=run_cfg.name, status="offline", started_at=started.isoformat(),
+        ended_at=datetime.now(timezone.utc).isoformat(), config=config_dict, provenance=provenance.collect(),
+        serve=serve, energy={"source": None, "windows": []}, quality=quality, latency=None, throughput=None,
+        counts=None, gate=None, error=check.unservable,
+    )
+    write_result(paths.root, result)
+    append_row(Path(run_cfg.results_dir) / "runs.jsonl", flat_row(result))
