@@ -161,7 +161,7 @@ def main() -> None:
     if args.vs_llmcompressor:
         from compress_llmc import compare_all  # bench/ is this script's folder, first on sys.path
 
-        compare_all(run_scheme, args.work_dir)
+        compare_all(run_scheme, args.work_dir, schemes=args.schemes)
         return
     work = Path(tempfile.mkdtemp(prefix="bench-compress-", dir=args.work_dir))
     try:

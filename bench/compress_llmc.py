@@ -147,7 +147,7 @@ def compare_one(run_scheme: Callable, llmc: Path, model: Path, scheme: str, work
             "ratio": ours["duration_s"] / theirs["duration_s"], **diff}
 
 
-def compare_all(run_scheme: Callable, work_dir: Path | None = None) -> None:
+def compare_all(run_scheme: Callable, work_dir: Path | None = None, schemes=tuple(THEIR_SCHEME)) -> None:
     """Prints one row per (model, scheme): times, ratio ours/theirs, weight agreement."""
     from harness.tiny import DEFAULT_MODEL_DIR
 
@@ -161,7 +161,7 @@ def compare_all(run_scheme: Callable, work_dir: Path | None = None) -> None:
             config = json.loads((model / "config.json").read_text())
             vocab = config.get("text_config", config)["vocab_size"]
             calibration = write_calibration(work / f"calib-{label}.pt", vocab)
-            for scheme in THEIR_SCHEME:
+            for scheme in (s for s in THEIR_SCHEME if s in schemes):
                 r = compare_one(run_scheme, llmc, model, scheme, work, calibration if scheme == "w4a16_gptq" else None)
                 print(f"{label:<14} {scheme:<12} {r['ours_s']:>7.2f} {r['theirs_s']:>8.2f} {r['ratio']:>6.2f} "
                       f"{r['common']:>4}/{r['modules_b']:<4} {r['max_abs_diff']:>12.3g} {r['max_abs_weight']:>9.3g} "

@@ -25,7 +25,9 @@ def per_channel_absmax(w: torch.Tensor) -> torch.Tensor:
 
 def quantize_fp8(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """w / scale, saturated to the e4m3 range and cast (round to nearest even)."""
-    return (w.float() / scale.float()).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    # One float32 copy, then in place: the weight can be a 100 MB tensor.
+    x = w.detach().to(torch.float32, copy=True).div_(scale.float())
+    return x.clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
 
 
 def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -21,7 +21,8 @@ def int8_channel_scales(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def quantize_int8(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """round(w / scale) clamped to [-128, 127], as int8."""
-    return torch.round(w.float() / scale.float()).clamp(INT8_MIN, INT8_MAX).to(torch.int8)
+    q = w.detach().to(torch.float32, copy=True).div_(scale.float())
+    return q.round_().clamp_(INT8_MIN, INT8_MAX).to(torch.int8)
 
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
