@@ -11,9 +11,11 @@ from typing import Any
 
 from compress.configs import (
     CONFIGS,
+    FlapConfig,
     CompressConfig,
     Fp8Config,
     Fp8DynamicConfig,
+    StepsConfig,
     W4A16GptqConfig,
     W4A16RtnConfig,
     W8A8Int8Config,
@@ -21,7 +23,7 @@ from compress.configs import (
 )
 
 __all__ = [
-    "CONFIGS", "CompressConfig", "Fp8Config", "Fp8DynamicConfig", "W4A16GptqConfig", "W4A16RtnConfig",
+    "CONFIGS", "CompressConfig", "FlapConfig", "Fp8Config", "StepsConfig", "Fp8DynamicConfig", "W4A16GptqConfig", "W4A16RtnConfig",
     "W8A8Int8Config", "compress_", "compress_checkpoint", "config_from_name",
 ]
 

@@ -12,12 +12,28 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m compress", description=__doc__)
     p.add_argument("src_dir", type=Path, help="transformers checkpoint folder (Llama, Gemma 3 or Gemma 4)")
     p.add_argument("out_dir", type=Path, help="output folder (must not exist)")
-    p.add_argument("--scheme", required=True, choices=sorted(CONFIGS), help="compression scheme")
+    p.add_argument("--scheme", required=True, choices=sorted(set(CONFIGS) - {"steps"}),
+                   help="compression scheme (step sequences: use Hydra's conf/compress/*.yaml)")
     p.add_argument("--quantize-ple", action="store_true", help="also quantize Gemma 4 per-layer-embedding linears")
     p.add_argument("--no-qkv", action="store_true", help="fp8_dynamic: o_proj and MLP only")
-    p.add_argument("--num-samples", type=int, help="w4a16_gptq: calibration samples (default 64)")
-    p.add_argument("--seed", type=int, help="w4a16_gptq: calibration seed (default 0)")
+    p.add_argument("--num-samples", type=int, help="w4a16_gptq, flap: calibration samples (default 64)")
+    p.add_argument("--seed", type=int, help="w4a16_gptq, flap: calibration seed (default 0)")
+    flap = p.add_argument_group("flap (FFN pruning; see compress.flap_config.FlapConfig)")
+    flap.add_argument("--ratio", type=float, help="share of all FFN channels removed (global mode, default 0.2)")
+    flap.add_argument("--method", choices=("flap", "magnitude"), help="channel scores (default flap)")
+    flap.add_argument("--multiple", type=int, help="kept widths rounded to this multiple (default 128)")
+    flap.add_argument("--no-bias", action="store_true", help="no bias compensation (zero down_proj bias)")
+    flap.add_argument("--protect-layers", type=int, nargs="+", help="decoder layers never pruned")
     return p
+
+
+def _flap_params(args: argparse.Namespace) -> dict:
+    pairs = (("ratio", args.ratio), ("method", args.method), ("multiple", args.multiple),
+             ("protect_layers", args.protect_layers))
+    params = {k: v for k, v in pairs if v is not None}
+    if args.no_bias or args.method == "magnitude":
+        params["bias_compensation"] = False
+    return params
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_qkv:
         params["include_qkv"] = False
     params.update({k: v for k, v in (("num_samples", args.num_samples), ("seed", args.seed)) if v is not None})
+    if args.scheme == "flap":
+        params.update(_flap_params(args))
     config = config_from_name(args.scheme, **params)
     from compress.checkpoint import compress_checkpoint
 

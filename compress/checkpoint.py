@@ -8,15 +8,19 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from compress.configs import CompressConfig, W4A16GptqConfig, config_to_dict
+from compress.configs import CompressConfig, DistillConfig, FlapConfig, StepsConfig, W4A16GptqConfig, config_to_dict
 from compress.schemes import LayerSpec
 
 
-def _load_model(src_dir: Path):
+def load_model(src_dir: Path):
     """The transformers model of a checkpoint: image-text-to-text when it has a vision config."""
     import transformers
 
     config = json.loads((src_dir / "config.json").read_text())
+    if config.get("flap_pruned"):
+        from compress.pruned_hf import load_pruned
+
+        return load_pruned(src_dir, dtype="auto").eval()
     auto = transformers.AutoModelForImageTextToText if "vision_config" in config else transformers.AutoModelForCausalLM
     return auto.from_pretrained(src_dir, dtype="auto").eval()
 
@@ -34,7 +38,7 @@ def _gptq_encodings(src_dir: Path, config: W4A16GptqConfig, plan: dict[str, Laye
         described = {"source": "caller-provided"}
     samples = as_model_inputs(calibration, src_dir)
     described["num_samples"] = len(samples)
-    encoded = compress_(_load_model(src_dir), config, samples)
+    encoded = compress_(load_model(src_dir), config, samples)
     if set(encoded) != set(plan):
         raise ValueError(
             f"the model's module names differ from the checkpoint's: only in the model {sorted(set(encoded) - set(plan))[:5]}, "
@@ -47,7 +51,7 @@ def _gptq_encodings(src_dir: Path, config: W4A16GptqConfig, plan: dict[str, Laye
 _CALIBRATED = {W4A16GptqConfig: _gptq_encodings}
 
 
-def _check_paths(src_dir: Path, out_dir: Path) -> None:
+def check_paths(src_dir: Path, out_dir: Path) -> None:
     if not (src_dir / "config.json").is_file():
         raise FileNotFoundError(f"{src_dir} has no config.json: pass a saved transformers checkpoint folder")
     if "quantization_config" in json.loads((src_dir / "config.json").read_text()):
@@ -58,31 +62,55 @@ def _check_paths(src_dir: Path, out_dir: Path) -> None:
         raise ValueError("the output folder must differ from the source folder")
 
 
+def _prune(src_dir: Path, out_dir: Path, config, calibration) -> Path:
+    from compress.prune import prune_checkpoint
+
+    return prune_checkpoint(src_dir, out_dir, config, calibration)
+
+
+def _steps(src_dir: Path, out_dir: Path, config, calibration) -> Path:
+    from compress.steps import run_steps
+
+    return run_steps(src_dir, out_dir, config, calibration)
+
+
+def _distill_alone(src_dir: Path, out_dir: Path, config, calibration) -> Path:
+    raise ValueError("a distill step needs the pruned student and its dense teacher: use it inside a steps "
+                     "config after a flap step (see conf/compress/prune_distill_w4a16.yaml)")
+
+
+# Configs that are not a quantization: pruning, distillation, and sequences of steps.
+_OTHER_KINDS = {FlapConfig: _prune, StepsConfig: _steps, DistillConfig: _distill_alone}
+
+
 def compress_checkpoint(
     src_dir: Path, out_dir: Path, config: CompressConfig, calibration: Iterable | None = None
 ) -> Path:
     """Compresses a local checkpoint folder into a compressed-tensors folder vLLM can serve.
 
     Data-free schemes stream tensor by tensor (the model is never built); GPTQ loads the
-    model and calibrates it layer by layer. The folder appears atomically when complete.
+    model and calibrates it layer by layer; FlapConfig prunes (compress.prune); StepsConfig
+    runs its steps in order. The folder appears atomically when complete.
 
     Args:
         src_dir: transformers checkpoint (config.json, safetensors, tokenizer, processor).
         out_dir: destination; must not exist.
         config: a config from compress.configs.
-        calibration: GPTQ only: (PIL image, prompt) pairs or processor-output dicts;
+        calibration: GPTQ and FLAP: (PIL image, prompt) pairs or processor-output dicts;
             None takes config.num_samples samples of the harness suite's train split.
 
     Returns:
         out_dir.
     """
+    if type(config) in _OTHER_KINDS:
+        return _OTHER_KINDS[type(config)](src_dir, out_dir, config, calibration)
     from compress.ct_config import quantization_config
     from compress.export import copy_side_files, weight_shapes, write_config, write_weights
     from compress.lineage import write_recipe
     from compress.plan import plan_modules
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
-    _check_paths(src_dir, out_dir)
+    check_paths(src_dir, out_dir)
     plan = plan_modules(weight_shapes(src_dir), config)
     started = time.perf_counter()
     precomputed, described = {}, None

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from compress.distill_config import DistillConfig
+from compress.flap_config import FlapConfig
 from compress.schemes import LayerSpec, layer_spec
 
 # Module-name patterns follow compressed-tensors/vLLM rules: "re:" means re.match (anchored
@@ -163,14 +166,78 @@ class W8A8Int8Config(CompressConfig):
     SCHEME: ClassVar[str] = "w8a8_int8"
 
 
-CONFIGS: dict[str, type[CompressConfig]] = {
-    c.SCHEME: c for c in (Fp8Config, Fp8DynamicConfig, W4A16RtnConfig, W4A16GptqConfig, W8A8Int8Config)
+@dataclass(frozen=True)
+class StepsConfig:
+    """Several configs applied in order (e.g. prune, then quantize), each to the previous output.
+
+    Any scheme name that is not a single config's, given with a `steps` list, names a
+    sequence (conf/compress/flap_fp8.yaml: `scheme: flap_fp8` + `steps: [...]`).
+
+    Attributes:
+        name: the sequence's name (the scheme it was composed under).
+        steps: the configs; pruning steps must come before any quantization step, since
+            pruning reads dense weights.
+    """
+
+    SCHEME: ClassVar[str] = "steps"
+    name: str = "steps"
+    version: int = 1
+    steps: tuple = ()
+
+    def __post_init__(self) -> None:
+        steps = tuple(_step_config(s) for s in self.steps)
+        object.__setattr__(self, "steps", steps)
+        if not steps:
+            raise ValueError("steps is empty: list at least one {scheme: ..., fields...} entry")
+        quantized = [i for i, s in enumerate(steps) if isinstance(s, CompressConfig)]
+        if quantized and any(isinstance(s, FlapConfig) for s in steps[quantized[0]:]):
+            raise ValueError("a flap step follows a quantization step: prune first, then quantize")
+        if quantized and any(isinstance(s, DistillConfig) for s in steps[quantized[0]:]):
+            raise ValueError("a distill step follows a quantization step: distil the pruned model, then quantize")
+        _check_groups_tile_widths(steps)
+        pruned = [i for i, s in enumerate(steps) if isinstance(s, FlapConfig)]
+        if any(isinstance(s, DistillConfig) for s in steps[: (pruned or [len(steps)])[0] + 1]):
+            raise ValueError("a distill step needs a flap step before it: the student is the pruned model")
+
+
+def _check_groups_tile_widths(steps: tuple) -> None:
+    """Pruned widths (multiples of the flap step's `multiple`) must split into whole int4 groups."""
+    multiples = [s.multiple for s in steps if isinstance(s, FlapConfig)]
+    for s in steps:
+        group = getattr(s, "group_size", 0)
+        if group and any(m % group for m in multiples):
+            raise ValueError(f"the flap step rounds widths to multiples of {multiples[0]} but {s.SCHEME} uses "
+                             f"groups of {group}: make the flap multiple a multiple of group_size")
+
+
+def _step_config(step: Any) -> Any:
+    """A step given as a config object, or as a mapping {scheme: NAME, field: value, ...}."""
+    if isinstance(step, Mapping):
+        if "scheme" not in step:
+            raise ValueError(f"step {dict(step)!r} has no scheme: add scheme: NAME")
+        if step["scheme"] == StepsConfig.SCHEME:
+            raise ValueError("steps cannot nest: list every step in one steps list")
+        return config_from_name(step["scheme"], **{k: v for k, v in step.items() if k != "scheme"})
+    if isinstance(step, (CompressConfig, FlapConfig, DistillConfig)):
+        return step
+    raise ValueError(f"step {step!r} is neither a config nor a {{scheme: ...}} mapping")
+
+
+CONFIGS: dict[str, type] = {
+    c.SCHEME: c
+    for c in (Fp8Config, Fp8DynamicConfig, W4A16RtnConfig, W4A16GptqConfig, W8A8Int8Config, FlapConfig,
+              DistillConfig, StepsConfig)
 }
 DATA_FREE_SCHEMES: tuple[str, ...] = ("fp8", "fp8_dynamic", "w4a16_rtn", "w8a8_int8")
 
 
 def config_from_name(scheme: str, **params: Any) -> CompressConfig:
-    """The config of scheme `scheme` with `params` overriding its defaults (lists become tuples)."""
+    """The config of scheme `scheme` with `params` overriding its defaults (lists become tuples).
+
+    A scheme that is not a single config's, given with only `steps`, is a StepsConfig named `scheme`.
+    """
+    if scheme not in CONFIGS and set(params) == {"steps"}:
+        return StepsConfig(name=scheme, steps=params["steps"])
     if scheme not in CONFIGS:
         raise ValueError(f"unknown scheme {scheme!r}: use one of {', '.join(CONFIGS)}")
     cls = CONFIGS[scheme]
@@ -178,7 +245,7 @@ def config_from_name(scheme: str, **params: Any) -> CompressConfig:
     unknown = sorted(set(params) - names)
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}; fields: {sorted(names)}")
-    fixed = {k: _tupled(v) for k, v in params.items()}
+    fixed = {k: v if k == "steps" else _tupled(v) for k, v in params.items()}
     return cls(**fixed)
 
 
@@ -189,5 +256,8 @@ def _tupled(value: Any) -> Any:
 
 
 def config_to_dict(config: CompressConfig) -> dict[str, Any]:
-    """A JSON-ready dict of the config, with its scheme name and class."""
+    """A JSON-ready dict of the config, with its scheme name and class (each step's too)."""
+    if isinstance(config, StepsConfig):
+        return {"scheme": config.SCHEME, "class": "StepsConfig", "name": config.name, "version": config.version,
+                "steps": [config_to_dict(s) for s in config.steps]}
     return {"scheme": config.SCHEME, "class": type(config).__name__, **dataclasses.asdict(config)}

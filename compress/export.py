@@ -68,7 +68,11 @@ def write_weights(src_dir: Path, out_dir: Path, plan: dict[str, LayerSpec], prec
                         writer.add_tensor(f"{module}.{suffix}", tensor)
                 else:
                     writer.add_copy(key, info, path, data_start)
-    weight_map = writer.finish()
+    write_index(out_dir, writer.finish())
+
+
+def write_index(out_dir: Path, weight_map: dict[str, str]) -> None:
+    """Writes model.safetensors.index.json when the weights span several shard files."""
     if len(set(weight_map.values())) > 1:
         total = sum((out_dir / n).stat().st_size for n in set(weight_map.values()))
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}

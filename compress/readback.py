@@ -31,7 +31,7 @@ def _stored(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     return modules
 
 
-def _spec(tensors: dict[str, torch.Tensor]) -> LayerSpec:
+def spec_of(tensors: dict[str, torch.Tensor]) -> LayerSpec:
     """The codec the stored tensors were written with, read from their names and dtypes."""
     if "weight_packed" in tensors:
         in_features = int(tensors["weight_shape"][1])
@@ -51,7 +51,7 @@ def dequantized_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     for module, tensors in _stored(Path(folder)).items():
         if "weight_zero_point" in tensors and bool(tensors["weight_zero_point"].any()):
             raise ValueError(f"{module} has non-zero zero points: asymmetric checkpoints are not read back here")
-        out[module] = decode(tensors, _spec(tensors), torch.float32)
+        out[module] = decode(tensors, spec_of(tensors), torch.float32)
     return out
 
 

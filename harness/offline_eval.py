@@ -76,6 +76,10 @@ def load_model(model_dir: str | Path, dtype: str = "float32"):
     import torch
     import transformers
 
+    if config.get("flap_pruned"):  # per-layer MLP widths + down_proj bias: stock from_pretrained cannot build it
+        from compress.pruned_hf import load_pruned
+
+        return load_pruned(model_dir, dtype), transformers.AutoProcessor.from_pretrained(model_dir)
     kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
     if "quantization_config" in config:
         kwargs["quantization_config"] = transformers.CompressedTensorsConfig(dequantize=True)

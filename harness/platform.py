@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +100,7 @@ def check_platform(run: RunConfig, platform: Platform | None = None) -> Platform
     """
     platform = platform or detect_platform()
     compress, weights_fallback = _check_cpu_fp8(run, platform)
-    unservable = _check_weights(compress.scheme, platform)
+    unservable = _check_weights(_weight_scheme(compress), platform)
     serve = run.serve
     fallbacks: list[Fallback] = [weights_fallback] if weights_fallback else []
     for check in (_check_kv_cache, _check_graphs):
@@ -108,9 +110,51 @@ def check_platform(run: RunConfig, platform: Platform | None = None) -> Platform
     return PlatformCheck(platform, serve, tuple(fallbacks), compress, unservable)
 
 
+def check_checkpoint(model_path: str | Path, env: Mapping[str, str] | None = None) -> None:
+    """Refuses, before vLLM starts, a FLAP-pruned checkpoint the server's vLLM could not build.
+
+    A pruned checkpoint (config.json flap_pruned) is served by this project's vLLM plugin,
+    which vLLM loads through an installed entry point and only when VLLM_PLUGINS (in
+    ``env``, the server's environment) is unset or names it. Hub ids and folders without a
+    config.json pass (stock vLLM reports what it lacks).
+
+    Raises:
+        PlatformError: one sentence naming what is wrong and the fix.
+    """
+    config_path = Path(model_path) / "config.json"
+    if not config_path.is_file():
+        return
+    import json
+
+    from compress.vllm_plugin import PLUGIN_NAME, entry_point_installed, plugin_allowed
+    from compress.vllm_plugin.widths import FlapConfigError, check_config
+
+    try:
+        widths = check_config(json.loads(config_path.read_text()), where=str(config_path))
+    except FlapConfigError as err:
+        raise PlatformError(str(err)) from err
+    if widths is None:
+        return
+    if not entry_point_installed():
+        raise PlatformError(f"{model_path} is FLAP-pruned and needs this project's vLLM plugin ({PLUGIN_NAME}), "
+                            "whose entry point is not installed: run `pip install --no-deps -e .` in the project.")
+    env = os.environ if env is None else env
+    if not plugin_allowed(env):
+        raise PlatformError(f"{model_path} is FLAP-pruned but VLLM_PLUGINS={env.get('VLLM_PLUGINS')!r} "
+                            f"keeps vLLM from loading the {PLUGIN_NAME} plugin: add {PLUGIN_NAME} to it or unset it.")
+
+
 def default_enforce_eager(platform: Platform) -> bool:
     """CUDA graphs on GPU; eager on CPU, where graphs do not exist and compiling costs ~40 s."""
     return platform.device != "cuda"
+
+
+def _weight_scheme(spec: CompressSpec) -> str:
+    """The scheme that decides the served weight format: a steps list's last quantization step."""
+    if spec.scheme != "steps":
+        return spec.scheme
+    quantizing = [s.get("scheme") for s in spec.params.get("steps", ()) if s.get("scheme") not in ("flap", "distill")]
+    return quantizing[-1] if quantizing else "none"
 
 
 def _check_weights(scheme: str, platform: Platform) -> str | None:

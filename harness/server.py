@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ServeConfig
-from harness.platform import Platform, default_enforce_eager, detect_platform
+from harness.platform import Platform, check_checkpoint, default_enforce_eager, detect_platform
 
 CONFIG_NAME = "vllm_config.yaml"
 LOG_NAME = "server.log"
@@ -130,6 +130,7 @@ class VllmServer:
     def start(self) -> None:
         """Writes vllm_config.yaml and launches the server (returns without waiting)."""
         platform = self._platform or detect_platform()
+        check_checkpoint(self._model_path, self._env(platform))  # a FLAP-pruned one needs our vLLM plugin
         serve = self.serve
         if serve.enforce_eager is None:
             serve = replace(serve, enforce_eager=default_enforce_eager(platform))
@@ -138,7 +139,7 @@ class VllmServer:
         self.port = self.serve.port or _free_port(self.serve.host)
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--config", str(self.config_path),
                    "--host", self.serve.host, "--port", str(self.port)]
-        _install_sigterm_handler()
+        install_sigterm_handler()
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -262,7 +263,7 @@ def _stop_all() -> None:
         server.stop()
 
 
-def _install_sigterm_handler() -> None:
+def install_sigterm_handler() -> None:
     """Makes SIGTERM unwind like Ctrl-C so context managers stop servers (only if unhandled)."""
     global _HANDLERS_INSTALLED
     if _HANDLERS_INSTALLED:
@@ -277,5 +278,5 @@ def _install_sigterm_handler() -> None:
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise KeyboardInterrupt(f"interrupted by {signal.Signals(signum).name}")
 

@@ -70,7 +70,7 @@ def test_fp8_per_tensor_weights_kept_on_gpu() -> None:
     assert check.compress.scheme == "fp8" and check.fallbacks == ()
 
 
-@pytest.mark.parametrize("variant", ["w4a16_rtn", "w4a16_gptq"])
+@pytest.mark.parametrize("variant", ["w4a16_rtn", "w4a16_gptq", "prune_distill_w4a16"])
 def test_int4_marked_unservable_on_avx2_cpu(variant: str) -> None:
     check = check_platform(compose([f"+variant={variant}"]), AVX2_CPU)
     assert "cpu_gemm_wna16" in check.unservable and "AVX-512" in check.unservable
@@ -78,8 +78,9 @@ def test_int4_marked_unservable_on_avx2_cpu(variant: str) -> None:
 
 def test_int4_accepted_on_avx512_cpu_and_ampere() -> None:
     for platform in (AVX512_CPU, A100):
-        check = check_platform(compose(["+variant=w4a16_rtn"]), platform)
-        assert check.fallbacks == () and check.unservable is None
+        for variant in ("w4a16_rtn", "prune_distill_w4a16"):
+            check = check_platform(compose([f"+variant={variant}"]), platform)
+            assert check.fallbacks == () and check.unservable is None
 
 
 def test_fp8_weights_need_ada_or_newer_gpu() -> None:

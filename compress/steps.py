@@ -1,0 +1,46 @@
+"""run_steps: a StepsConfig applied in order, each step reading the previous one's folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from compress.configs import StepsConfig
+from compress.distill_config import DistillConfig
+
+
+def run_steps(src_dir: Path, out_dir: Path, config: StepsConfig, calibration: Iterable | None = None) -> Path:
+    """Runs every step of `config`; intermediate folders live inside `out_dir`.partial.
+
+    Each step writes a complete checkpoint folder (with recipe.json, whose steps list grows
+    by one each time, so the final folder carries the whole lineage); the last one is
+    renamed to `out_dir` and the partial folder is removed. An interrupted run leaves only
+    the partial folder, which the next run clears.
+
+    Args:
+        src_dir: the dense source checkpoint.
+        out_dir: destination; must not exist.
+        config: the steps.
+        calibration: passed to every step that calibrates (FLAP, GPTQ); None lets each
+            step take its own num_samples from the suite's train split.
+    """
+    from compress.checkpoint import check_paths, compress_checkpoint
+    from compress.distill import distill_checkpoint
+
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    check_paths(src_dir, out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    items = list(calibration) if calibration is not None else None
+    current = src_dir
+    for i, step in enumerate(config.steps):
+        out = partial / f"step-{i}-{step.SCHEME}"
+        if isinstance(step, DistillConfig):  # the teacher is the dense source, not the previous step
+            current = distill_checkpoint(src_dir, current, out, step)
+        else:
+            current = compress_checkpoint(current, out, step, items)
+    current.rename(out_dir)
+    shutil.rmtree(partial)
+    return out_dir
