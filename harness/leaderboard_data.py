@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.tokens import joules_per_output_token
+
 # Sections of a run's resolved config that must match for energies to be compared; the
 # energy source and the hardware are added on top (see `setup_key`).
 SETUP_SECTIONS = ("model", "workload", "sampling")
@@ -212,7 +214,7 @@ def aggregate_variant(runs) -> dict[str, Any]:
         "suite_energy_j": float(energy.mean()), "suite_energy_j_std": float(energy.std()) if len(runs) > 1 else None,
         "suite_energy_j_ci_low": low, "suite_energy_j_ci_high": high, "suite_energy_ci_basis": basis,
         "j_per_request": float(energy.sum() / total_requests) if total_requests else None,
-        "j_per_output_token": float(energy.sum() / total_tokens) if total_tokens else None,
+        "j_per_output_token": joules_per_output_token(energy.sum(), total_tokens),
         "idle_power_w": float(runs["idle_power_w"].astype(float).mean()),
         "output_tokens_per_request": float(total_tokens / total_requests) if total_requests else None,
         "output_tok_per_s": float(runs["output_tok_per_s"].astype(float).mean()),

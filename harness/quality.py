@@ -166,7 +166,8 @@ class QualityReport:
         )
 
 
-def _outcome(record: RecordLike | None) -> str:
+def outcome_of(record: RecordLike | None) -> str:
+    """Why an answer scores what it does: one of OUTCOMES ("scored" when it is complete)."""
     if record is None:
         return "missing"
     if record.error is not None:
@@ -180,7 +181,7 @@ def _outcome(record: RecordLike | None) -> str:
 
 def score_item(sample: SampleLike, record: RecordLike | None, metric: str = "exact") -> ItemScore:
     """Scores one sample's generation; anything but a complete answer scores 0."""
-    outcome = _outcome(record)
+    outcome = outcome_of(record)
     value = METRICS[metric](record.output_text, sample.reference) if outcome == "scored" else 0.0
     return ItemScore(sample.id, sample.task, float(value), outcome)
 
@@ -222,17 +223,19 @@ def score(samples: Sequence[SampleLike], records: Iterable[RecordLike], metric: 
         records: replay records with .id, .output_text, .finish_reason and .error. A sample
             with no record scores 0 ("missing"); a record with no sample is ignored and
             counted as "extra_records".
-        metric: "exact", "relaxed" (ChartQA) or "anls" (DocVQA).
+        metric: "exact", "relaxed" (ChartQA) or "anls" (DocVQA), each best over a sample's
+            ``references``; or one of harness.metrics.METRIC_NAMES ("vqa", "choice", "cider").
 
     Raises:
         ValueError: unknown metric, duplicate ids, or an empty suite.
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown quality metric {metric!r}; choose one of {sorted(METRICS)}")
+    from harness.metrics import check_metric, score_items  # lazy: harness.metrics imports this module
+
+    check_metric(metric)
     sample_ids = [sample.id for sample in samples]
     if len(set(sample_ids)) != len(sample_ids):
         raise ValueError("suite samples share ids; each sample needs a unique id to be matched to its record")
     by_id = _index_records(records)
-    items = [score_item(sample, by_id.get(sample.id), metric) for sample in samples]
+    items = score_items(samples, [by_id.get(sample.id) for sample in samples], metric)
     extra = len(set(by_id) - set(sample_ids))
     return aggregate(metric, items, extra_records=extra)

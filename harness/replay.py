@@ -13,6 +13,7 @@ from typing import Any
 
 from harness.config import SamplingConfig, WorkloadConfig
 from harness.server import ServerTarget
+from harness.tokens import STREAM_OPTIONS, usage_tokens
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ async def _send(client: Any, model: str, sample: Any, messages: list[dict[str, A
     state = _StreamState(time.time(), time.perf_counter())
     try:
         stream = await client.chat.completions.create(
-            model=model, messages=messages, stream=True, stream_options={"include_usage": True}, **params
+            model=model, messages=messages, stream=True, stream_options=STREAM_OPTIONS, **params
         )
         async for chunk in stream:
             state.take(chunk)
@@ -234,8 +235,7 @@ class _StreamState:
                 self.finish_reason = choice.finish_reason
         if chunk.usage is not None:
             self.usage_seen = True
-            self.prompt_tokens = chunk.usage.prompt_tokens
-            self.output_tokens = chunk.usage.completion_tokens
+            self.prompt_tokens, self.output_tokens = usage_tokens(chunk.usage)  # harness.tokens defines them
 
     def record(self, sample: Any, error: str | None) -> RequestRecord:
         end = time.perf_counter()

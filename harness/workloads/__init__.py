@@ -1,0 +1,53 @@
+"""Suites a run replays: the synthetic suite or a Hugging Face dataset, picked by workload.source."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.config import WorkloadConfig
+    from harness.workloads.base import Sample
+
+
+def check_workload(workload: "WorkloadConfig") -> None:
+    """Checks that need no data (run at config time, before any build or server start).
+
+    Raises:
+        ConfigError: a setting that cannot work, with the setting that fixes it.
+    """
+    from harness.config_build import ConfigError
+    from harness.workloads.base import SPLITS
+
+    if workload.offset < 0:
+        raise ConfigError(f"workload.offset must be >= 0, got {workload.offset}")
+    if workload.image_max_side_px is not None and workload.image_max_side_px <= 0:
+        raise ConfigError(f"workload.image_max_side_px must be > 0 pixels or null, got {workload.image_max_side_px}")
+    if workload.source == "hf":
+        from harness.workloads.hf import check_hf
+
+        check_hf(workload)
+    elif workload.split not in SPLITS:
+        raise ConfigError(f"workload.split={workload.split!r}: the synthetic suite has splits {', '.join(SPLITS)}")
+
+
+def load_workload(workload: "WorkloadConfig") -> list["Sample"]:
+    """The samples a run replays, in replay order.
+
+    Raises:
+        ConfigError: the dataset, a split or a column cannot be found (hf), before any
+            build or server start.
+    """
+    check_workload(workload)
+    if workload.source == "hf":
+        from harness.workloads.hf import load_hf
+
+        return load_hf(workload)
+    import dataclasses
+
+    from harness.workloads.base import load_samples
+    from harness.workloads.rows import fit_image
+
+    samples = load_samples(workload.seed, workload.split, workload.limit, workload.offset)
+    if workload.image_max_side_px is None:
+        return samples
+    return [dataclasses.replace(s, image=fit_image(s.image, workload.image_max_side_px)) for s in samples]

@@ -16,13 +16,22 @@ SPLITS = ("train", "test")
 
 @dataclass(frozen=True)
 class Sample:
-    """One request of a suite: an image, the prompt about it, the reference answer."""
+    """One request of a suite: an image, the prompt about it, the reference answer(s).
+
+    ``references`` holds every accepted answer (e.g. TextVQA's ten annotators); when left
+    empty it becomes ``(reference,)``. ``reference`` is always the first of them.
+    """
 
     id: str
     task: str
     image: "Image"
     prompt: str
     reference: str
+    references: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.references:
+            object.__setattr__(self, "references", (self.reference,))
 
 
 def load_samples(seed: int = 0, split: str = "test", limit: int | None = 200, offset: int = 0) -> list[Sample]:

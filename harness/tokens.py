@@ -1,0 +1,42 @@
+"""Token accounting, defined once: output tokens are what the server reports in ``usage``.
+
+An output token is one generated token as counted by the serving engine itself: the
+``usage.completion_tokens`` of an OpenAI-compatible response (for a streamed response, the
+final chunk that ``STREAM_OPTIONS`` asks for). No client-side re-tokenisation: the client
+may not hold the tokenizer, and a chunk can carry several tokens or none, so counting
+chunks or words would make energy per token differ between engines for the same answers.
+Replay, request statistics, the leaderboard and lm-eval runs all count through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+# Sent with every streamed request so the server appends one chunk carrying `usage`.
+STREAM_OPTIONS = {"include_usage": True}
+
+
+class Counted(Protocol):
+    output_tokens: int
+    error: str | None
+
+
+def usage_tokens(usage: Any) -> tuple[int, int]:
+    """(prompt_tokens, output_tokens) of a response ``usage`` object or mapping; (0, 0) if absent."""
+    if usage is None:
+        return 0, 0
+    get = usage.get if isinstance(usage, dict) else lambda key: getattr(usage, key, None)
+    return int(get("prompt_tokens") or 0), int(get("completion_tokens") or 0)
+
+
+def output_tokens(records: Iterable[Counted]) -> int:
+    """Output tokens of the successful requests (a failed request's partial output is not counted)."""
+    return sum(r.output_tokens for r in records if r.error is None)
+
+
+def joules_per_output_token(energy_j: float | None, tokens: int | None) -> float | None:
+    """Energy over a window divided by the output tokens generated in it; None when either is unknown or zero."""
+    if energy_j is None or not tokens:
+        return None
+    return float(energy_j) / tokens
