@@ -13,6 +13,7 @@ SAME_SETUP = ("model", "workload", "sampling")
 
 def find_baseline(results_dir: Path | str, baseline_variant: str, config: Mapping[str, Any]):
     """The newest successful run of `baseline_variant` with the same setup, or None."""
+    from harness.lmeval_config import quality_source
     from harness.results import load_result, read_rows
 
     runs = Path(results_dir) / "runs"
@@ -23,7 +24,8 @@ def find_baseline(results_dir: Path | str, baseline_variant: str, config: Mappin
         if not (run_dir / "result.json").is_file():
             continue
         result = load_result(run_dir)
-        if all(result.config.get(k) == config.get(k) for k in SAME_SETUP):
+        same_quality = quality_source(result.config) == quality_source(config)  # same engine and tasks
+        if same_quality and all(result.config.get(k) == config.get(k) for k in SAME_SETUP):
             return result
     return None
 

@@ -9,7 +9,7 @@ flavour="${1:-cpu}"
 venv="${VENV:-.venv}"
 py="${PYTHON:-python3}"
 stamp="$venv/.installed-$flavour"
-want="$(cat requirements/"$flavour".txt requirements/common.txt pyproject.toml shims/*/pyproject.toml shims/*/*.py shims/*/*.pth 2>/dev/null | sha256sum | cut -c1-16)"
+want="$(cat requirements/"$flavour".txt requirements/common.txt requirements/eval.txt pyproject.toml shims/*/pyproject.toml shims/*/*.py shims/*/*.pth 2>/dev/null | sha256sum | cut -c1-16)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   echo "install: $venv is up to date ($flavour)"; exit 0
 fi
@@ -35,6 +35,8 @@ if [[ "$flavour" == cpu ]]; then
   # because an editable install does not process a .pth file.
   quiet "${pip[@]}" install --no-deps --force-reinstall ./shims/torchvision_cpu_shim ./shims/vllm_dist_alias
 fi
+# lm-eval and the closure of its requirements, pinned in requirements/eval.txt (see there).
+quiet "${pip[@]}" install --no-deps -r requirements/eval.txt
 quiet "${pip[@]}" install --no-deps -e .
 "$venv/bin/python" -c "import vllm, torchvision, harness" 2>/dev/null
 echo "$want" > "$stamp"
