@@ -93,16 +93,23 @@ def build_variant(run: RunConfig, compress: CompressSpec | None = None, log=prin
     if (out / "config.json").is_file():
         log(f"build: cached {spec.scheme} checkpoint {out}")
         return out
-    _check_disk(src, out.parent)
+    _check_disk(src, out.parent, config)
     log(f"build: compressing {src} with {spec.scheme} -> {out}")
-    shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
-    return compress_checkpoint(src, out, config)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        return compress_checkpoint(src, out, config)
+    except BaseException:  # failed or interrupted (Ctrl-C, SIGTERM): no half-written checkpoint stays
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
-def _check_disk(src: Path, cache: Path) -> None:
-    """Refuses to start a build that cannot fit: needs at least the source's size free."""
+def _check_disk(src: Path, cache: Path, config) -> None:
+    """Refuses to start a build that cannot fit: needs the estimated output size free."""
+    from harness.input_checks import estimate_checkpoint_bytes
+
     cache.mkdir(parents=True, exist_ok=True)
-    need = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+    need = estimate_checkpoint_bytes(src, config)
     free = shutil.disk_usage(cache).free
     if free < need:
         raise BuildError(f"{cache} has {free / 2**30:.1f} GiB free but the build may need {need / 2**30:.1f} GiB: free space or set cache_dir elsewhere")
