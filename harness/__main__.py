@@ -15,10 +15,11 @@ USER_ERRORS = ("ConfigError", "PlatformError", "BuildError", "ServerError", "Fil
 
 
 def config_dict(run_cfg: RunConfig) -> dict:
-    """The resolved configuration as plain data, as stored with every result."""
+    """The resolved configuration as plain data, as stored with every result (secrets redacted)."""
     from harness.pipeline import _jsonable
+    from harness.redact import redact_config
 
-    return _jsonable(asdict(run_cfg))
+    return redact_config(_jsonable(asdict(run_cfg)))
 
 
 def ensure_baseline(run_cfg: RunConfig, overrides: list[str], console) -> None:
@@ -29,10 +30,11 @@ def ensure_baseline(run_cfg: RunConfig, overrides: list[str], console) -> None:
     baseline = run_cfg.quality.baseline_variant
     if run_cfg.name == baseline or find_baseline(run_cfg.results_dir, baseline, config_dict(run_cfg)):
         return
-    base_overrides = [o for o in overrides if not o.lstrip("+").startswith("variant=")]
-    base_cfg = compose([f"+variant={baseline}", *base_overrides])
     if preflight(run_cfg).unservable:  # refuse an impossible variant before spending time on its baseline
         return  # scored offline, never gated: no baseline needed
+    # The baseline shares the run's model, workload and sampling, not its variant or compression.
+    base_overrides = [o for o in overrides if not o.lstrip("+~").startswith(("variant=", "compress.", "compress="))]
+    base_cfg = compose([f"+variant={baseline}", *base_overrides])
     console.print(f"[bold]no comparable {baseline} result in {run_cfg.results_dir}: running the baseline first[/]")
     run(base_cfg, config_dict(base_cfg), console)
 
@@ -72,7 +74,22 @@ def _first_line(err: BaseException) -> str:
 
 
 def main() -> None:
-    _app()
+    from harness.gpu_slots import register_resolvers
+    from harness.input_checks import unknown_variant
+    from harness.server import install_sigterm_handler
+
+    problem = unknown_variant(sys.argv[1:])  # Hydra's own message is a dozen lines
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    install_sigterm_handler()  # SIGTERM unwinds like Ctrl-C from the start: the run is recorded
+    register_resolvers()  # ${harness_gpu_count:} in conf/hydra/launcher/gpus.yaml
+    try:
+        _app()
+    except KeyboardInterrupt as err:  # the server is stopped and the run recorded by now
+        reason = str(err) or "interrupted by SIGINT (Ctrl-C)"
+        print(f"{reason}: stopped; a started run is recorded as failed: rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

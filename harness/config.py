@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.config_build import ConfigError, build_dataclass
+from harness.lmeval_config import LmEvalConfig
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
@@ -23,6 +24,8 @@ class ModelConfig:
     name: str
     path: str | None = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    # Pruned FFN widths are rounded to this multiple (conf/compress/flap*.yaml read it).
+    prune_multiple: int = 128
 
     def resolved_path(self) -> str:
         """The directory or hub id to load, with None mapped to the committed tiny model."""
@@ -73,9 +76,9 @@ class ServeConfig:
 class WorkloadConfig:
     """Which suite samples are replayed and how requests arrive."""
 
-    name: Literal["synthetic"] = "synthetic"
+    name: str = "synthetic"
     seed: int = 0
-    split: Literal["train", "test"] = "test"
+    split: str = "test"  # synthetic: train | test; hf: the dataset's split name
     limit: int = 40
     mode: Literal["sequential", "concurrent", "poisson"] = "sequential"
     concurrency: int = 1
@@ -84,6 +87,17 @@ class WorkloadConfig:
     request_timeout_s: float = 120.0
     # Share (0..1) of measured requests that may fail before the run is recorded failed.
     max_error_rate: float = 0.1
+    # Hugging Face suites (source: hf): see harness/workloads/hf.py and conf/workload/chartqa.yaml.
+    source: Literal["synthetic", "hf"] = "synthetic"
+    dataset: str | None = None
+    path: str | None = None
+    subset: str | None = None
+    columns: Mapping[str, Any] = field(default_factory=dict)
+    filters: Mapping[str, Any] = field(default_factory=dict)
+    prompt: str = "{question}"
+    metric: str = "exact"
+    offset: int = 0
+    image_max_side_px: int | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,9 @@ class QualityConfig:
     bootstrap_n: int = 1000
     confidence: float = 0.95
     seed: int = 0
+    # harness: score the suite replay; lm_eval: score lm-eval tasks run on the same server.
+    engine: Literal["harness", "lm_eval"] = "harness"
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
 
 
 @dataclass(frozen=True)
@@ -225,6 +242,9 @@ def _compress_spec(group: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_values(run: RunConfig) -> None:
     to_compress_config(run.compress)  # unknown schemes and parameters fail here, before any work
+    from harness.workloads import check_workload  # lazy: reads no data, imports no datasets
+
+    check_workload(run.workload)
     budget = run.serve.max_soft_tokens
     if budget is not None and budget not in SOFT_TOKEN_BUDGETS:
         raise ConfigError(f"serve.max_soft_tokens={budget} is not a Gemma 4 budget; use one of {SOFT_TOKEN_BUDGETS}")
@@ -250,6 +270,9 @@ def _check_values(run: RunConfig) -> None:
         raise ConfigError(f"quality.threshold must be in (0, 1], got {run.quality.threshold}")
     if not 0.0 < run.serve.gpu_memory_utilization <= 1.0:
         raise ConfigError(f"serve.gpu_memory_utilization must be in (0, 1], got {run.serve.gpu_memory_utilization}")
+    from harness.input_checks import check_ranges  # lazy: that module imports this one
+
+    check_ranges(run)
 
 
 def _missing_option_message(err: Exception) -> str:

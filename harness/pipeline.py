@@ -23,10 +23,15 @@ def preflight(run_cfg: RunConfig):
         The PlatformCheck (effective serve settings and the fallbacks taken).
     """
     from harness.build import check_model
+    from harness.input_checks import check_inputs
     from harness.platform import check_platform
 
     check = check_platform(run_cfg)
     check_model(run_cfg.model.resolved_path())
+    check_inputs(run_cfg, check)  # port, checkpoint headers, code in the model folder, disk space
+    from harness.lmeval import check_engine
+
+    check_engine(run_cfg)  # quality.engine=lm_eval: lm-eval tasks known and generative
     return check
 
 
@@ -40,11 +45,10 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any], console=None) -> "RunRe
     from harness.build import build_variant
     from harness.results import new_run_dir
     from harness.resume import find_resume
-    from harness.workloads.base import load_samples
+    from harness.workloads import load_workload
 
     check = preflight(run_cfg)
-    wl = run_cfg.workload
-    samples = load_samples(wl.seed, wl.split, wl.limit)
+    samples = load_workload(run_cfg.workload)
     if check.unservable:
         from harness.offline_run import run_offline
 
@@ -60,7 +64,10 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any], console=None) -> "RunRe
         model_dir = build_variant(run_cfg, check.compress, log=lambda m: _say(console, m))
         measured = _serve_and_measure(run_cfg, check, model_dir, paths, samples, resume)
     except (KeyboardInterrupt, Exception) as err:  # noqa: BLE001 - recorded, then re-raised
-        _record(run_cfg, config_dict, check, paths, started, None, error=f"{type(err).__name__}: {err}")
+        # Ctrl-C raises a bare KeyboardInterrupt; SIGTERM's handler names its signal.
+        reason = str(err) or ("interrupted by SIGINT (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else "")
+        _record(run_cfg, config_dict, check, paths, started, None, error=f"{type(err).__name__}: {reason}",
+                energy=getattr(err, "partial_energy", None))
         raise
     failure = measured["failure"] or _too_many_errors(run_cfg, measured)
     error = None if failure is None else f"{type(failure).__name__}: {failure}"
@@ -95,6 +102,7 @@ def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths, sample
     from harness.energy import make_meter, steady_window
     from harness.energy.attribution import per_request_energy_j
     from harness.faults import guarded_replay
+    from harness.lmeval import run_engine
     from harness.server import VllmServer
 
     wl = run_cfg.workload
@@ -104,28 +112,55 @@ def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths, sample
     with VllmServer(model_dir, check.serve, paths.root, served_model_name=SERVED_NAME,
                     dtype=run_cfg.model.dtype, platform=check.platform) as server:
         with make_meter(run_cfg.energy.meter, **_meter_settings(run_cfg, server)) as meter:
-            gpu_start = _gpu_state(meter)
-            idle_t0 = time.time()
-            time.sleep(run_cfg.energy.idle_s)  # model loaded, no request: the idle window
-            idle = meter.energy_between(idle_t0, time.time(), name="idle")
-            guarded = guarded_replay(server, todo, wl, run_cfg.sampling, log_path=paths.requests,
-                                     chat_template_kwargs=check.serve.chat_template_kwargs)
-            played = guarded.played
-            if guarded.failure is None:
-                server.check_alive()
-            name = "suite" if guarded.failure is None else "suite_partial"
-            suite = meter.energy_between(played.start_s, played.end_s, name=name) if played.records else None
-            target = 1 if wl.mode == "sequential" else wl.concurrency  # requests meant to be in flight
-            span = steady_window([(r.start_s, r.end_s) for r in played.records], target)
-            steady = meter.energy_between(*span, name="steady") if span and guarded.failure is None else None
-            per_request = per_request_energy_j(meter, played.records) if played.records else {}
-            gpu = {"start": gpu_start, "end": _gpu_state(meter)} if gpu_start else None
-            meter.write_trace(paths.power_trace)
-            source = meter.source
-    windows = [w for w in (idle, suite, steady) if w is not None]
-    return {"samples": samples, "played": played, "windows": windows, "source": source,
+            state: dict[str, Any] = {}  # what is measured so far, kept if the run is interrupted
+            try:
+                gpu_start = _gpu_state(meter)
+                idle_t0 = time.time()
+                time.sleep(run_cfg.energy.idle_s)  # model loaded, no request: the idle window
+                idle = state["idle"] = meter.energy_between(idle_t0, time.time(), name="idle")
+                state["replay_t0"] = time.time()
+                guarded = guarded_replay(server, todo, wl, run_cfg.sampling, log_path=paths.requests,
+                                         chat_template_kwargs=check.serve.chat_template_kwargs)
+                played = guarded.played
+                if guarded.failure is None:
+                    server.check_alive()
+                name = "suite" if guarded.failure is None else "suite_partial"
+                suite = meter.energy_between(played.start_s, played.end_s, name=name) if played.records else None
+                target = 1 if wl.mode == "sequential" else wl.concurrency  # requests meant to be in flight
+                span = steady_window([(r.start_s, r.end_s) for r in played.records], target)
+                steady = meter.energy_between(*span, name="steady") if span and guarded.failure is None else None
+                # quality.engine=lm_eval: lm-eval's tasks on this same server, in their own "lm_eval" window.
+                lm_run = None if guarded.failure else run_engine(run_cfg, server, meter, paths.root,
+                                                                 check.serve.chat_template_kwargs)
+                per_request = per_request_energy_j(meter, played.records) if played.records else {}
+                gpu = {"start": gpu_start, "end": _gpu_state(meter)} if gpu_start else None
+                meter.write_trace(paths.power_trace)
+                source = meter.source
+            except BaseException as err:  # noqa: BLE001 - Ctrl-C, SIGTERM or a crash: keep the energy, re-raise
+                _keep_partial_energy(err, meter, paths, state)
+                raise
+    windows = [w for w in (idle, suite, steady, lm_run and lm_run.window) if w is not None]
+    return {"samples": samples, "played": played, "windows": windows, "source": source, "lm_eval": lm_run,
             "per_request_j": per_request, "gpu": gpu, "model_dir": str(model_dir),
             "failure": guarded.failure, "reused": reused, "resumed_from": resume.run_id if resume else None}
+
+
+def _keep_partial_energy(err: BaseException, meter, paths, state: dict[str, Any]) -> None:
+    """Attaches the idle window, a suite_partial window up to now and the power trace to ``err``.
+
+    The replay's completed requests are already on disk (requests.jsonl is appended as each
+    one finishes); this keeps the energy measured alongside them for the failed result.
+    """
+    from harness.energy.base import MeterError
+
+    try:
+        windows = [state["idle"]] if state.get("idle") else []
+        if state.get("replay_t0"):
+            windows.append(meter.energy_between(state["replay_t0"], time.time(), name="suite_partial"))
+        meter.write_trace(paths.power_trace)
+    except (MeterError, OSError, ValueError):
+        return  # the meter itself failed: the run's own error says more than this would
+    err.partial_energy = {"source": meter.source, "windows": [w.to_dict() for w in windows]}
 
 
 def _gpu_state(meter) -> list[dict] | None:
@@ -148,18 +183,25 @@ def _meter_settings(run_cfg: RunConfig, server) -> dict[str, Any]:
     return {"hz": e.sample_hz, "pid": server.pgid, "busy_core_w": per_core_w, "idle_w": e.cpu_idle_w}
 
 
-def _record(run_cfg, config_dict, check, paths, started, measured, error):
-    """Scores, gates and writes result.json, requests.jsonl and one runs.jsonl row."""
+def _record(run_cfg, config_dict, check, paths, started, measured, error, energy=None):
+    """Scores, gates and writes result.json, requests.jsonl and one runs.jsonl row.
+
+    ``energy`` is what an interrupted run measured before it stopped (when ``measured`` is None).
+    """
     from harness import provenance
     from harness.atomic_io import write_jsonl_atomic
     from harness.baseline import gate_against_baseline
+    from harness.lmeval import engine_quality
     from harness.quality import score
     from harness.request_stats import summarize_requests
     from harness.results import RunResult, append_row, flat_row, write_result
 
-    serve = {"effective": _jsonable(asdict(check.serve)), "platform": check.platform.describe(),
+    from harness.redact import redact_serve
+
+    serve = {"effective": redact_serve(_jsonable(asdict(check.serve))), "platform": check.platform.describe(),
              "fallbacks": [asdict(f) for f in check.fallbacks]}
-    quality, energy, gate, stats = {}, {"source": None, "windows": []}, None, (None, None, None)
+    quality, gate, stats = {}, None, (None, None, None)
+    energy = energy or {"source": None, "windows": []}
     extra = {}
     if measured is not None:
         from harness.resume import in_sample_order
@@ -170,8 +212,8 @@ def _record(run_cfg, config_dict, check, paths, started, measured, error):
         answered = {r.id for r in records}
         # A run cut short is scored over the samples it answered, not diluted by the rest.
         samples = [s for s in measured["samples"] if str(s.id) in answered] if failed else measured["samples"]
-        report = score(samples, records) if samples else None
-        quality = report.to_dict() if report else {}
+        report = score(samples, records, metric=run_cfg.workload.metric) if samples else None
+        report, quality = engine_quality(measured.get("lm_eval"), report)  # lm-eval's items when it ran
         energy = {"source": measured["source"], "windows": [w.to_dict() for w in measured["windows"]],
                   "per_request_j": measured["per_request_j"], "gpu": measured["gpu"]}
         # Latency and throughput describe this run's own replay (its energy windows cover only it).

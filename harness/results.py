@@ -15,6 +15,7 @@ from typing import Any
 
 from harness.atomic_io import json_line, write_json_atomic, write_jsonl_atomic, write_text_atomic, write_yaml_atomic
 from harness.request_stats import Counts, Latency, Percentiles, Throughput
+from harness.tokens import joules_per_output_token
 
 # The atomic writers are re-exported: callers write every run-directory file through here.
 __all__ = [
@@ -257,6 +258,8 @@ def flat_row(result: RunResult) -> dict[str, Any]:
         "requests": counts.requests if counts else None,
         "request_errors": counts.errors if counts else None,
         "output_tokens": counts.output_tokens if counts else None,
+        # suite window energy / server-reported output tokens of successful requests (harness.tokens)
+        "suite_j_per_output_token": joules_per_output_token(suite.get("energy_j"), counts.output_tokens if counts else None),
         "error": result.error,
     }
     return _finite(row)
