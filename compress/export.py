@@ -48,26 +48,19 @@ def write_weights(src_dir: Path, out_dir: Path, plan: dict[str, LayerSpec], prec
         precomputed: module name -> stored tensors already made (GPTQ); others are
             encoded here one tensor at a time.
     """
-    from safetensors import safe_open
-
     from compress.codecs import encode
-    from compress.st_stream import ShardWriter, read_header
+    from compress.st_stream import ShardWriter, source_tensors
 
     precomputed = precomputed or {}
     writer = ShardWriter(out_dir)
-    for path in source_files(src_dir):
-        header, data_start = read_header(path)
-        with safe_open(str(path), framework="pt") as f:
-            for key, info in header.items():
-                if key == "__metadata__":
-                    continue
-                module = key[: -len(".weight")] if key.endswith(".weight") else None
-                if module in plan:
-                    tensors = precomputed.get(module) or encode(f.get_tensor(key), plan[module])
-                    for suffix, tensor in tensors.items():
-                        writer.add_tensor(f"{module}.{suffix}", tensor)
-                else:
-                    writer.add_copy(key, info, path, data_start)
+    for t in source_tensors(source_files(src_dir)):
+        module = t.key[: -len(".weight")] if t.key.endswith(".weight") else None
+        if module in plan:
+            tensors = precomputed.get(module) or encode(t.load(), plan[module])
+            for suffix, tensor in tensors.items():
+                writer.add_tensor(f"{module}.{suffix}", tensor)
+        else:
+            writer.add_copy(t.key, t.info, t.path, t.data_start)
     write_index(out_dir, writer.finish())
 
 

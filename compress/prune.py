@@ -55,28 +55,21 @@ def _pruned_tensor(key: str, tensor, layers: dict[str, tuple[LayerPrune, str]]):
 
 def _write_weights(src_dir: Path, out_dir: Path, plan: list[LayerPrune]) -> None:
     """Streams every tensor; pruned MLP weights are sliced and each down_proj gets its bias."""
-    from safetensors import safe_open
-
     from compress.export import source_files, write_index
-    from compress.st_stream import ShardWriter, read_header
+    from compress.st_stream import ShardWriter, source_tensors
 
     projections = ("gate_proj", "up_proj", "down_proj")
     layers = {MLP_KEY.format(i=p.index, proj=proj): (p, proj) for p in plan for proj in projections}
     writer = ShardWriter(out_dir)
-    for path in source_files(src_dir):
-        header, data_start = read_header(path)
-        with safe_open(str(path), framework="pt") as f:
-            for key, info in header.items():
-                if key == "__metadata__":
-                    continue
-                if key not in layers:
-                    writer.add_copy(key, info, path, data_start)
-                    continue
-                weight = f.get_tensor(key)
-                writer.add_tensor(key, _pruned_tensor(key, weight, layers).contiguous())
-                layer, proj = layers[key]
-                if proj == "down_proj":
-                    writer.add_tensor(key[: -len("weight")] + "bias", layer.bias.to(weight.dtype))
+    for t in source_tensors(source_files(src_dir)):
+        if t.key not in layers:
+            writer.add_copy(t.key, t.info, t.path, t.data_start)
+            continue
+        weight = t.load()
+        writer.add_tensor(t.key, _pruned_tensor(t.key, weight, layers).contiguous())
+        layer, proj = layers[t.key]
+        if proj == "down_proj":
+            writer.add_tensor(t.key[: -len("weight")] + "bias", layer.bias.to(weight.dtype))
     write_index(out_dir, writer.finish())
 
 

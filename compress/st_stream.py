@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,32 @@ def read_header(path: Path) -> tuple[dict, int]:
     with open(path, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
         return json.loads(f.read(length)), 8 + length
+
+
+@dataclass(frozen=True)
+class SourceTensor:
+    """One tensor of a source safetensors file, read only when asked (``load``)."""
+
+    key: str
+    info: dict
+    path: Path
+    data_start: int
+    handle: object  # the open safe_open file holding it
+
+    def load(self) -> torch.Tensor:
+        return self.handle.get_tensor(self.key)
+
+
+def source_tensors(paths: list[Path]) -> Iterator[SourceTensor]:
+    """Every tensor of ``paths`` in file and header order, each file open while its tensors pass."""
+    from safetensors import safe_open
+
+    for path in paths:
+        header, data_start = read_header(path)
+        with safe_open(str(path), framework="pt") as handle:
+            for key, info in header.items():
+                if key != "__metadata__":
+                    yield SourceTensor(key, info, path, data_start, handle)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,14 @@ def config_dict(run_cfg: RunConfig) -> dict:
     return redact_config(_jsonable(asdict(run_cfg)))
 
 
+def baseline_overrides(overrides: list[str]) -> list[str]:
+    """The run's overrides that also apply to its baseline: model, workload, sampling, serve...
+
+    The variant's own identity (variant, name) and compression stay with the variant.
+    """
+    return [o for o in overrides if not o.lstrip("+~").startswith(("variant=", "name=", "compress.", "compress="))]
+
+
 def ensure_baseline(run_cfg: RunConfig, overrides: list[str], console) -> None:
     """Runs the baseline variant first when no comparable baseline result exists yet."""
     from harness.baseline import find_baseline
@@ -32,9 +40,7 @@ def ensure_baseline(run_cfg: RunConfig, overrides: list[str], console) -> None:
         return
     if preflight(run_cfg).unservable:  # refuse an impossible variant before spending time on its baseline
         return  # scored offline, never gated: no baseline needed
-    # The baseline shares the run's model, workload and sampling, not its variant or compression.
-    base_overrides = [o for o in overrides if not o.lstrip("+~").startswith(("variant=", "compress.", "compress="))]
-    base_cfg = compose([f"+variant={baseline}", *base_overrides])
+    base_cfg = compose([f"+variant={baseline}", *baseline_overrides(overrides)])
     console.print(f"[bold]no comparable {baseline} result in {run_cfg.results_dir}: running the baseline first[/]")
     run(base_cfg, config_dict(base_cfg), console)
 

@@ -129,6 +129,17 @@ def quantization_problems(folder: Path) -> list[Problem]:
     return problems
 
 
+def pruned_problems(folder: Path) -> list[Problem]:
+    """A FLAP-pruned checkpoint needs this project's vLLM plugin, which stock vLLM lacks."""
+    config = _json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    if not config.get("flap_pruned"):
+        return []
+    return [Problem("config.json", "is FLAP-pruned (per-layer FFN widths, a down_proj bias): the judges' stock "
+                    "`vllm serve` cannot build it without this project's plugin (compress/vllm_plugin)",
+                    "submit a variant stock vLLM serves, or agree with the judges that they install the plugin "
+                    "(pip install of this project) and say so in the README")]
+
+
 def serve_config_problems(folder: Path) -> list[Problem]:
     """vllm_config.yaml: serves the folder itself, states max-model-len, holds nothing of this machine."""
     import yaml
@@ -183,7 +194,8 @@ def check_folder(folder: Path | str, *, launch: bool = True, startup_timeout_s: 
     folder = Path(folder)
     if not folder.is_dir():
         return CheckReport((Problem(str(folder), "is not a folder", "pass the submission folder"),), 0)
-    problems = _required(folder) + serve_config_problems(folder) + quantization_problems(folder) + text_problems(folder)
+    problems = (_required(folder) + serve_config_problems(folder) + quantization_problems(folder)
+                + pruned_problems(folder) + text_problems(folder))
     size = folder_size_bytes(folder)
     if problems or not launch:
         return CheckReport(tuple(problems), size)

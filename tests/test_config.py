@@ -154,3 +154,13 @@ def test_compose_works_inside_a_running_hydra_app() -> None:
         assert compose(["+variant=fp8"]).name == "fp8"
         assert GlobalHydra.instance().is_initialized()
         assert hydra_compose(config_name="config", overrides=["+variant=w8a8_int8"]).name == "w8a8_int8"
+
+
+def test_a_baseline_shares_the_setup_but_not_the_variant_identity_or_compression() -> None:
+    from harness.__main__ import baseline_overrides
+
+    given = ["+variant=flap_global", "name=flap_bias", "compress.ratio=0.7", "compress=flap", "~compress.seed",
+             "workload.limit=200", "sampling=greedy", "model.path=/m", "serve.max_num_seqs=4"]
+    assert baseline_overrides(given) == ["workload.limit=200", "sampling=greedy", "model.path=/m", "serve.max_num_seqs=4"]
+    base = compose(["+variant=bf16", *baseline_overrides(given)])
+    assert base.name == "bf16" and base.compress.is_none and base.workload.limit == 200

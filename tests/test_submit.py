@@ -82,6 +82,19 @@ def test_corrupted_copy_is_refused_with_file_and_fix_before_any_launch(submissio
     assert any("absolute path" in m for m in messages)
 
 
+def test_a_pruned_checkpoint_is_refused_as_needing_the_plugin(submission, tmp_path):
+    """Judges run stock vLLM: a FLAP-pruned folder would not load there, whatever this host has."""
+    out, _ = submission
+    pruned = tmp_path / "pruned"
+    shutil.copytree(out, pruned)
+    config = json.loads((pruned / "config.json").read_text())
+    config["flap_pruned"] = True
+    (pruned / "config.json").write_text(json.dumps(config))
+    report = check_folder(pruned, launch=False)
+    assert [p.file for p in report.problems] == ["config.json"]
+    assert "plugin" in str(report.problems[0]) and "stock" in str(report.problems[0])
+
+
 def test_secrets_and_missing_files_are_named(submission, tmp_path):
     out, _ = submission
     broken = tmp_path / "broken"
