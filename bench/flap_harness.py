@@ -4,7 +4,8 @@
 
 Runs `python -m harness` (real build, real vLLM server with the project's plugin, real replay)
 for: the dense baseline (bf16), FLAP with bias compensation, FLAP without it, magnitude
-pruning of the same share (no bias), and FLAP followed by distillation, all at `--ratio` of the
+pruning of the same share (no bias), FLAP with statistics from text positions only (image soft
+tokens left out), and FLAP followed by distillation, all at `--ratio` of the
 FFN channels by one global threshold (no layer protected, at most 90% of a layer), greedy
 decoding on `--limit` test items. Prints one row per run from results/runs.jsonl: quality
 (exact match), its ratio to the dense model with the gate's bootstrap interval, the kept FFN
@@ -30,6 +31,7 @@ def runs(ratio: float) -> dict[str, list[str]]:
     return {
         "flap_bias": ["+variant=flap_global", "name=flap_bias", *prune],
         "flap_no_bias": ["+variant=flap_global", "name=flap_no_bias", *prune, "compress.bias_compensation=false"],
+        "flap_text_bias": ["+variant=flap_global", "name=flap_text_bias", *prune, "compress.calibration_tokens=text"],
         "magnitude": ["+variant=flap_global", "name=magnitude", *prune, "compress.method=magnitude",
                       "compress.bias_compensation=false"],
         "flap_distill": ["+variant=flap_distill", *distill],
