@@ -95,13 +95,14 @@ class VllmServer:
         platform: Platform | None = None,
     ) -> None:
         self.serve = serve
-        self.run_dir = Path(run_dir)
+        # Absolute: the server runs in run_dir, where a path relative to our cwd means nothing.
+        self.run_dir = Path(run_dir).resolve()
         self.config_path = self.run_dir / CONFIG_NAME
         self.log_path = self.run_dir / LOG_NAME
         self.model_name = served_model_name
         self.api_key = serve.api_key or secrets.token_urlsafe(24)
         self._platform = platform
-        self._model_path = str(model_path)
+        self._model_path = str(Path(model_path).resolve()) if Path(model_path).exists() else str(model_path)
         self._dtype = dtype
         self._proc: subprocess.Popen[bytes] | None = None
         self.port = 0
