@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.lmeval_tasks import LmEvalTaskError
-from harness.quality import ItemScore, QualityReport, aggregate, normalize
+from harness.quality import ItemScore, QualityReport, aggregate, outcome_of
 
 # Filter lm-eval applies when a task declares none: the raw response.
 RAW_FILTER = "none"
@@ -33,17 +33,6 @@ def score_key(task: str, task_results: Mapping[str, Any], chosen: str | None) ->
     return metric, RAW_FILTER if RAW_FILTER in filters else filters[0]
 
 
-def outcome(served, response: str) -> str:
-    """Why an item gets its score, with the harness's rules (harness.quality.OUTCOMES)."""
-    if served is None:
-        return "missing"
-    if served.error is not None:
-        return "error"
-    if served.finish_reason == "length":
-        return "truncated"
-    return "scored" if normalize(response) else "empty"
-
-
 def task_items(task: str, samples: Sequence[Mapping[str, Any]], served: Mapping[tuple[str, int], Any],
                key: tuple[str, str], item_columns: Mapping[str, Any]) -> tuple[list[ItemScore], list[dict]]:
     """One ItemScore and one JSON row per document of ``task`` under the chosen filter.
@@ -67,7 +56,7 @@ def task_items(task: str, samples: Sequence[Mapping[str, Any]], served: Mapping[
         doc, doc_id = sample["doc"], int(sample["doc_id"])
         response = _response(sample)
         record = served.get((task, doc_id))
-        why = outcome(record, response)
+        why = outcome_of(record, response)
         item = ItemScore(id=str(doc[id_col]) if id_col else f"{task}/{doc_id}",
                          task=str(doc[family_col]) if family_col else task,
                          score=_value(task, metric, sample[metric]) if why == "scored" else 0.0, outcome=why)

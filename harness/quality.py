@@ -166,15 +166,19 @@ class QualityReport:
         )
 
 
-def outcome_of(record: RecordLike | None) -> str:
-    """Why an answer scores what it does: one of OUTCOMES ("scored" when it is complete)."""
+def outcome_of(record: RecordLike | None, text: str | None = None) -> str:
+    """Why an answer scores what it does: one of OUTCOMES ("scored" when it is complete).
+
+    ``text`` is the answer as scored when it differs from ``record.output_text`` (lm-eval's
+    filtered response); by default the record's own text.
+    """
     if record is None:
         return "missing"
     if record.error is not None:
         return "error"
     if record.finish_reason == "length":
         return "truncated"
-    if not normalize(record.output_text or ""):
+    if not normalize((record.output_text if text is None else text) or ""):
         return "empty"
     return "scored"
 
