@@ -7,9 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
+from harness.atomic_io import write_text_atomic
 from harness.config import CompressSpec, RunConfig, to_compress_config
 
 COMPRESS_SRC = Path(__file__).resolve().parents[1] / "compress"
+FINGERPRINTS = "fingerprints.json"  # in cache_dir: weight-file digests by path, size and mtime
+_DIGESTS: dict[str, dict] = {}  # the same, for this process
 
 
 class BuildError(RuntimeError):
@@ -47,12 +50,43 @@ def check_model(path_or_id: str) -> None:
         raise BuildError(f"model folder {path_or_id} does not exist{hint}: set model.path to a checkpoint folder or hub id")
 
 
-def fingerprint(model_dir: Path) -> str:
-    """Hash of a checkpoint folder's config and of its weight files' names and sizes."""
+def fingerprint(model_dir: Path, memo: Path | None = None) -> str:
+    """Hash of a checkpoint folder's config.json and of its weight files' contents.
+
+    Contents, not names and sizes: a retrained or fine-tuned model of the same shape must
+    not be handed another model's build. Hashing a 16 GB checkpoint takes a while, so each
+    file's digest is remembered in ``memo`` (a JSON file) under its path, size and mtime and
+    recomputed only when one of those changes (the file is written only where cache_dir
+    already exists: a refused run creates nothing).
+    """
+    known = {**_read_memo(memo), **_DIGESTS}
     digest = hashlib.sha256((model_dir / "config.json").read_bytes())
     for weights in sorted(model_dir.glob("*.safetensors")):
-        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+        stat = weights.stat()
+        where, stamp = str(weights.resolve()), [stat.st_size, stat.st_mtime_ns]
+        entry = known.get(where)
+        if entry is None or entry["stamp"] != stamp:
+            entry = known[where] = {"stamp": stamp, "sha256": _file_sha256(weights)}
+        digest.update(f"{weights.name}:{entry['sha256']}".encode())
+    _DIGESTS.update(known)
+    if memo is not None and memo.parent.is_dir():
+        write_text_atomic(memo, json.dumps(known, indent=1, sort_keys=True))
     return digest.hexdigest()[:16]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_memo(memo: Path | None) -> dict:
+    try:
+        return json.loads(memo.read_text()) if memo is not None else {}
+    except (OSError, ValueError):  # absent or damaged: the digests are simply recomputed
+        return {}
 
 
 def code_version() -> str:
@@ -64,11 +98,20 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(model_dir: Path, compress_params: dict) -> str:
+def cache_key(model_dir: Path, compress_params: dict, memo: Path | None = None) -> str:
     """Key of a built variant: (base model, compress config, code version)."""
-    blob = json.dumps({"model": fingerprint(model_dir), "compress": compress_params, "code": code_version()},
+    blob = json.dumps({"model": fingerprint(model_dir, memo), "compress": compress_params, "code": code_version()},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def cached_build_dir(run: RunConfig, spec: CompressSpec, src: Path, config) -> Path:
+    """Where the build of ``spec`` from the base model folder ``src`` lives in run.cache_dir."""
+    from compress.configs import config_to_dict  # lazy: compress imports torch
+
+    cache = Path(run.cache_dir)
+    key = cache_key(src, {"scheme": spec.scheme, **config_to_dict(config)}, memo=cache / FINGERPRINTS)
+    return cache / f"{spec.scheme}-{key}"
 
 
 def build_variant(run: RunConfig, compress: CompressSpec | None = None, log=print) -> Path:
@@ -85,11 +128,9 @@ def build_variant(run: RunConfig, compress: CompressSpec | None = None, log=prin
     if config is None:
         return local_model_dir(base) if Path(base).expanduser().exists() else Path(base)
     from compress import compress_checkpoint  # lazy: imports torch
-    from compress.configs import config_to_dict
 
     src = local_model_dir(base)
-    key = cache_key(src, {"scheme": spec.scheme, **config_to_dict(config)})
-    out = Path(run.cache_dir) / f"{spec.scheme}-{key}"
+    out = cached_build_dir(run, spec, src, config)
     if (out / "config.json").is_file():
         log(f"build: cached {spec.scheme} checkpoint {out}")
         return out

@@ -113,9 +113,7 @@ def _stored_bytes(shape: tuple[int, ...], spec: Any, scale_bytes: int) -> int:
 def check_build(run: RunConfig, spec: Any) -> None:
     """Refuses a damaged cached build, or a new build whose estimated output does not fit in
     the free space of cache_dir."""
-    from compress.configs import config_to_dict
-
-    from harness.build import cache_key, local_model_dir
+    from harness.build import cached_build_dir, local_model_dir
     from harness.checkpoint_check import check_checkpoint
     from harness.config import to_compress_config
 
@@ -125,7 +123,7 @@ def check_build(run: RunConfig, spec: Any) -> None:
         return
     src = local_model_dir(str(base))
     cache = Path(run.cache_dir)
-    cached = cache / f"{spec.scheme}-{cache_key(src, {'scheme': spec.scheme, **config_to_dict(config)})}"
+    cached = cached_build_dir(run, spec, src, config)
     if (cached / "config.json").is_file():
         check_checkpoint(cached)  # refused now rather than when the server loads it
         return
