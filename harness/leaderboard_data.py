@@ -137,21 +137,29 @@ def load_runs(results_dir: Path | str) -> tuple[list[dict[str, Any]], list[dict[
     ok, failed = [], []
     for row in read_rows(results_dir / "runs.jsonl"):
         run_dir = results_dir / "runs" / str(row.get("run_id"))
-        base = {"variant": row.get("variant"), "run_id": row.get("run_id"), "started_at": row.get("started_at")}
+        result = load_result(run_dir) if (run_dir / "result.json").is_file() else None
+        base = {"variant": row.get("variant"), "run_id": row.get("run_id"), "started_at": row.get("started_at"),
+                **_setup_of(result)}
         if row.get("status") != "ok":
             # The headline only: a server failure carries its whole log tail in result.json.
             error = (row.get("error") or "no error recorded").strip().splitlines()[0]
             failed.append({**base, "error": error})
-        elif not (run_dir / "result.json").is_file():
+        elif result is None:
             failed.append({**base, "error": f"{run_dir}/result.json is missing"})
+        elif result.provenance.get("resume"):
+            # Its energy windows cover only the requests replayed after the resume.
+            failed.append({**base, "error": "resumed run: energy covers part of the suite; rerun it whole to rank it"})
         else:
-            result = load_result(run_dir)
-            if result.provenance.get("resume"):
-                # Its energy windows cover only the requests replayed after the resume.
-                failed.append({**base, "error": "resumed run: energy covers part of the suite; rerun it whole to rank it"})
-                continue
             ok.append(run_row(result, run_dir))
     return ok, failed
+
+
+def _setup_of(result) -> dict[str, Any]:
+    """Model, hardware and workload of a run (None each where its result.json is missing)."""
+    if result is None:
+        return {"model": None, "hardware": None, "workload": None}
+    return {"model": (result.config.get("model") or {}).get("name"), "hardware": hardware_of(result.provenance),
+            "workload": (result.config.get("workload") or {}).get("name")}
 
 
 def bootstrap_ci(values, reduce, seed: int = 0) -> tuple[float | None, float | None]:
@@ -247,22 +255,29 @@ def build_board(results_dir: Path | str, *, model: str | None = None, hardware: 
     import pandas as pd
 
     ok, failed = load_runs(results_dir)
-    runs = pd.DataFrame(ok)
-    if not runs.empty:
-        keep = pd.Series(True, index=runs.index)
-        if model:
-            keep &= runs["model"] == model
-        if hardware:
-            keep &= runs["hardware"].str.contains(hardware, case=False, regex=False)
-        if workload:
-            keep &= runs["workload"] == workload
-        runs = runs[keep].reset_index(drop=True)
+    runs, failed = (_filtered(pd.DataFrame(rows), model, hardware, workload) for rows in (ok, failed))
     if runs.empty:
-        return Board(runs, pd.DataFrame(), pd.DataFrame(failed), {})
+        return Board(runs, pd.DataFrame(), failed, {})
     # Largest group first: G1 is the comparison most runs share.
     order = runs["setup"].value_counts(sort=True).index
     labels = {key: f"G{i + 1}" for i, key in enumerate(order)}
     runs["group"] = runs["setup"].map(labels)
     rows = [aggregate_variant(part) for _, part in runs.groupby(["group", "variant"], sort=True)]
     groups = {label: describe_setup(key) for key, label in labels.items()}
-    return Board(runs, rank(pd.DataFrame(rows)), pd.DataFrame(failed), groups)
+    return Board(runs, rank(pd.DataFrame(rows)), failed, groups)
+
+
+def _filtered(runs, model: str | None, hardware: str | None, workload: str | None):
+    """The rows matching every given filter: exact model name, hardware substring, workload name."""
+    import pandas as pd
+
+    if runs.empty:
+        return runs
+    keep = pd.Series(True, index=runs.index)
+    if model:
+        keep &= runs["model"] == model
+    if hardware:
+        keep &= runs["hardware"].fillna("").str.contains(hardware, case=False, regex=False)
+    if workload:
+        keep &= runs["workload"] == workload
+    return runs[keep].reset_index(drop=True)

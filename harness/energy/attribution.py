@@ -14,7 +14,13 @@ def per_request_energy_j(meter: Any, records: Sequence[Any]) -> dict[str, float]
     during it. Pieces with no request in flight (client turnaround) are attributed to no
     one, so the sum is at most the suite energy. Sequential replay gives each request the
     energy between its own start and end.
+
+    Raises:
+        ValueError: a record ends before it starts.
     """
+    backwards = [r.id for r in records if r.end_s < r.start_s]
+    if backwards:
+        raise ValueError(f"requests end before they start: {backwards[:5]}")
     spans = [(r.id, r.start_s, r.end_s) for r in records if r.end_s > r.start_s]
     cuts = sorted({t for _, a, b in spans for t in (a, b)})
     shares = {r.id: 0.0 for r in records}
