@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -128,7 +129,7 @@ def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths, sample
                 suite = meter.energy_between(played.start_s, played.end_s, name=name) if played.records else None
                 target = 1 if wl.mode == "sequential" else wl.concurrency  # requests meant to be in flight
                 span = steady_window([(r.start_s, r.end_s) for r in played.records], target)
-                steady = meter.energy_between(*span, name="steady") if span and guarded.failure is None else None
+                steady = _steady(meter, span) if span and guarded.failure is None else None
                 # quality.engine=lm_eval: lm-eval's tasks on this same server, in their own "lm_eval" window.
                 lm_run = None if guarded.failure else run_engine(run_cfg, server, meter, paths.root,
                                                                  check.serve.chat_template_kwargs)
@@ -143,6 +144,16 @@ def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths, sample
     return {"samples": samples, "played": played, "windows": windows, "source": source, "lm_eval": lm_run,
             "per_request_j": per_request, "gpu": gpu, "model_dir": str(model_dir),
             "failure": guarded.failure, "reused": reused, "resumed_from": resume.run_id if resume else None}
+
+
+def _steady(meter, span: tuple[float, float]):
+    """The steady window over ``span``, flagged (not dropped) when shorter than STEADY_MIN_S."""
+    from harness.energy.steady import FLAG_SHORT_STEADY, STEADY_MIN_S
+
+    window = meter.energy_between(*span, name="steady")
+    if window.duration_s < STEADY_MIN_S:
+        window = dataclasses.replace(window, flags=(*window.flags, FLAG_SHORT_STEADY))
+    return window
 
 
 def _keep_partial_energy(err: BaseException, meter, paths, state: dict[str, Any]) -> None:
