@@ -221,6 +221,7 @@ def _ready(client: Any, root: str, headers: dict[str, str], model_name: str) -> 
 def stop_process_group(proc: subprocess.Popen) -> None:
     """Stops a child started in its own process group: SIGTERM, then SIGKILL what is left."""
     _signal_group(proc.pid, signal.SIGTERM)
+    _signal_group(proc.pid, signal.SIGCONT)  # a stopped (Ctrl-Z, SIGSTOP) group acts on SIGTERM only once continued
     try:
         proc.wait(timeout=STOP_GRACE_S)
         _wait_group_gone(proc.pid, STOP_GRACE_S)
