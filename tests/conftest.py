@@ -8,8 +8,56 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import EngineWatch, become_subreaper, kill_leftovers
+
 # Tests share 2 cores with other work: keep torch to one thread in this process.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+_ENGINES = EngineWatch()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Orphans come to pytest, not init: whatever the suite left running is a descendant of pytest.
+    become_subreaper()
+    _ENGINES.start()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Fails a test that started a vLLM engine (a server or an offline one) without the `server` mark.
+
+    `-m "not server"` is the fast development loop: it must really start no server.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if call.when != "teardown":
+        return
+    _ENGINES.poll()  # an engine started just now is counted before the verdict
+    started = _ENGINES.started_under(item.nodeid)
+    if started and item.get_closest_marker("server") is None and report.passed:
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} started {started} vLLM engine(s) but is not marked `server`"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    terminalreporter.write_line(f"vLLM engine starts in this session: {len(_ENGINES.started)}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fails the run if any process the suite started (a server, a harness, a helper) is still alive.
+
+    Fixtures stop what they start, pass or fail; this catches whatever escaped them (an orphaned
+    engine, a server of a harness that was killed), kills it, and says which it was.
+    """
+    _ENGINES.stop()
+    left = kill_leftovers()
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"  pid {pid}: {cmdline[:200]}" for pid, cmdline in left]
+    message = f"{len(left)} process(es) started by the test suite outlived it (now killed):\n" + "\n".join(lines)
+    if reporter is not None:
+        reporter.write_line(message, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
