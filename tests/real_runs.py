@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.procs import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 LIMIT = 8  # two items per family
@@ -18,9 +19,9 @@ _MADE: dict[str, Path] = {}
 
 def run_harness(*args: str, results: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "harness", *args, *COMMON, f"results_dir={results}",
-                           f"cache_dir={results / 'cache'}", f"hydra.run.dir={results / 'hydra'}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = run_cli([sys.executable, "-m", "harness", *args, *COMMON, f"results_dir={results}",
+                    f"cache_dir={results / 'cache'}", f"hydra.run.dir={results / 'hydra'}"],
+                   cwd=REPO, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 

@@ -18,6 +18,7 @@ import pytest
 from harness.__main__ import USER_ERRORS
 from harness.config import compose
 from harness.pipeline import preflight
+from tests.procs import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SHARD = "model.safetensors"
@@ -242,10 +243,9 @@ def existing_results(tmp_path: Path) -> Path:
 
 
 def _cli(results: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *args, f"results_dir={results}",
-                           f"cache_dir={results.parent / 'cache'}", f"hydra.run.dir={results.parent / 'hydra'}"],
-                          cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
-                          timeout=300)
+    return run_cli([sys.executable, "-m", "harness", *args, f"results_dir={results}",
+                    f"cache_dir={results.parent / 'cache'}", f"hydra.run.dir={results.parent / 'hydra'}"],
+                   cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=300)
 
 
 def _truncated_copy(src: Path, dst: Path) -> Path:

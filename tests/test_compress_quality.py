@@ -1,6 +1,9 @@
-"""Quality floors of the tiny model's compressed variants: served accuracy and output KL vs dense."""
+"""The tiny model's compressed variants: vLLM serves their layers with the intended kernels, and
+quality floors (served accuracy, output KL vs dense) hold."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -11,6 +14,8 @@ N_SAMPLES = 40  # ten per task family
 SERVED = ("fp8_dynamic", "w8a8_int8")  # the schemes CPU vLLM has kernels for
 ALL_SCHEMES = ("fp8_dynamic", "w8a8_int8", "w4a16_rtn", "w4a16_gptq")
 ACCURACY_SLACK = 0.05  # "a few points": two answers of forty
+# The compressed-tensors scheme vLLM must pick for every quantized layer (its DEBUG log names it).
+EXPECTED_SCHEME = {"fp8_dynamic": "CompressedTensorsW8A8Fp8", "w8a8_int8": "CompressedTensorsW8A8Int8"}
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +36,47 @@ def served_records(served_tiny, checkpoints, samples, tmp_path_factory):
     """Scheme ("bf16" for the dense model) -> greedy replay records through real vLLM.
 
     The dense model is the session's shared server; each compressed variant gets one
-    server start here, served with the same settings and dtype as the dense one.
+    server start here, served with the same settings and dtype as the dense one, at DEBUG
+    log level so that ``served_logs`` can show which kernel served each layer.
     """
     from harness.config import compose
     from harness.server import VllmServer
 
-    run = compose(["serve.startup_timeout_s=300"])
+    run = compose(["serve.startup_timeout_s=300", "+serve.env.VLLM_LOGGING_LEVEL=DEBUG"])
     records = {"bf16": _replay_greedy(served_tiny.target, samples)}
     for scheme in SERVED:
         with VllmServer(checkpoints[scheme], run.serve, tmp_path_factory.mktemp(f"served-{scheme}"),
                         served_model_name=run.model.name, dtype=run.model.dtype) as server:
             records[scheme] = _replay_greedy(server.target, samples)
+        records[f"{scheme}.log"] = server.log_path.read_text(errors="replace")
     return records
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("scheme", SERVED)
+def test_vllm_serves_every_quantized_layer_with_the_scheme_kernel(served_records, checkpoints, scheme):
+    log = served_records[f"{scheme}.log"]
+    served = set(re.findall(rf"Using scheme: {EXPECTED_SCHEME[scheme]} for \S+\.layers\.(\d+\.\S+)", log))
+    assert served == _fused_names(checkpoints[scheme])
+
+
+def _fused_names(folder) -> set[str]:
+    """'<layer>.<module>' of each quantized linear as vLLM names it after fusing shards."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        names = {k.split(".layers.", 1)[1].rsplit(".", 1)[0] for k in f.keys() if k.endswith(".weight_scale")}
+    return {_vllm_name(n, names) for n in names}
+
+
+def _vllm_name(name: str, names: set[str]) -> str:
+    parent, leaf = name.rsplit(".", 1)
+    # q/k/v fuse into qkv_proj; a KV-shared layer has q_proj alone, which stays q_proj.
+    if leaf in ("q_proj", "k_proj", "v_proj") and f"{parent}.k_proj" in names:
+        return f"{parent}.qkv_proj"
+    if leaf in ("gate_proj", "up_proj"):
+        return f"{parent}.gate_up_proj"
+    return name
 
 
 @pytest.mark.server

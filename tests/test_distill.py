@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import run_cli
+
 torch = pytest.importorskip("torch")
 
 
@@ -71,7 +73,6 @@ def test_a_quantized_student_is_refused(pruned_and_distilled, tmp_path):
 
 def test_prune_distill_w4a16_variant_builds_three_steps_and_is_scored(tmp_path):
     """The variant end to end through the CLI: on an AVX2 CPU it is built and scored offline."""
-    import subprocess
     import sys
 
     from harness.platform import detect_platform
@@ -83,7 +84,7 @@ def test_prune_distill_w4a16_variant_builds_three_steps_and_is_scored(tmp_path):
             f"results_dir={tmp_path}", f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     if detect_platform().avx512:
         pytest.skip("this CPU serves int4: the offline path is not taken")
-    proc = subprocess.run([sys.executable, "-m", "harness", *args], cwd=repo, capture_output=True, text=True, timeout=900)
+    proc = run_cli([sys.executable, "-m", "harness", *args], cwd=repo, timeout=900)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Offline check" in proc.stdout
     (recipe,) = cache.rglob("recipe.json")

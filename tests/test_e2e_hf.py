@@ -24,6 +24,7 @@ def chartqa_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, l
     return results, data, rows
 
 
+@pytest.mark.server
 def test_result_carries_the_workload_metric_and_per_item_scores(chartqa_run) -> None:
     results, data, rows = chartqa_run
     [row] = [json.loads(line) for line in (results / "runs.jsonl").read_text().splitlines()]

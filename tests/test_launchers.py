@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 from harness.config import CONF_DIR
+from tests.procs import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_LINE = re.compile(r"job (\d+) \(pid (\d+)\) runs on GPU (\S+) of")
@@ -57,11 +58,10 @@ def test_slurm_launcher_asks_one_gpu_per_job():
 def _sweep(tmp_path: Path, launcher: str, limits: str) -> tuple[subprocess.CompletedProcess, Path]:
     """A real multirun of jobs refused at configuration (workload.limit < 0): seconds per job."""
     sweep = tmp_path / "sweep"
-    proc = subprocess.run([sys.executable, "-m", "harness", "-m", f"hydra/launcher={launcher}",
-                           "hydra.callbacks.gpu_pin.gpus=[0,1]", "+variant=bf16", f"workload.limit={limits}",
-                           f"results_dir={tmp_path / 'results'}", f"hydra.sweep.dir={sweep}"],
-                          cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_cli([sys.executable, "-m", "harness", "-m", f"hydra/launcher={launcher}",
+                    "hydra.callbacks.gpu_pin.gpus=[0,1]", "+variant=bf16", f"workload.limit={limits}",
+                    f"results_dir={tmp_path / 'results'}", f"hydra.sweep.dir={sweep}"],
+                   cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, sweep
 
@@ -120,7 +120,7 @@ def test_gpu_leases_are_exclusive_between_processes(tmp_path):
         return subprocess.Popen([sys.executable, "-c", LEASE_SCRIPT, str(tmp_path), str(wait_s), str(hold_s)],
                                 cwd=REPO, stdout=subprocess.PIPE, text=True)
 
-    first, second = start(0, 30), start(0, 30)
+    first, second = start(0, 600), start(0, 600)  # they hold their leases until killed
     try:
         gpus = {first.stdout.readline().strip(), second.stdout.readline().strip()}
         assert gpus == {"a", "b"}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import statistics
+import threading
 
 import pytest
 
 from harness.config import compose
 from harness.replay import _arrival_offsets_s, chat_messages, replay
+from harness.server import ServerTarget
 from harness.workloads.base import load_samples
 
 
@@ -77,12 +80,56 @@ def test_bad_request_becomes_an_error_record(served_tiny, samples) -> None:
         assert "BadRequestError" in r.error and r.output_tokens == 0 and r.ttft_ms is None
 
 
-@pytest.mark.server
-def test_timeout_becomes_an_error_record(served_tiny, samples) -> None:
-    result = replay(served_tiny.target, samples[:1], _workload(warmup_requests=0, request_timeout_s=0.001),
+@pytest.fixture
+def held_server():
+    """A real HTTP endpoint on loopback that accepts each request and never answers it.
+
+    A held request times out however fast the machine is; a real server's answer may not.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            held.append(conn)  # read nothing back, answer nothing
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    try:
+        yield ServerTarget(f"http://127.0.0.1:{port}/v1", "held-key", "held-model")
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_timeout_becomes_an_error_record(held_server, samples) -> None:
+    result = replay(held_server, samples[:2], _workload(warmup_requests=0, request_timeout_s=0.5),
                     _sampling(), show_progress=False)
-    [record] = result.records
-    assert "Timeout" in record.error
+    assert [r.id for r in result.records] == [s.id for s in samples[:2]]
+    for record in result.records:
+        assert "Timeout" in record.error and record.output_tokens == 0 and record.ttft_ms is None
+
+
+@pytest.mark.server
+def test_poisson_replay_sends_nothing_before_its_arrival_time(served_tiny, samples) -> None:
+    workload = _workload(mode="poisson", rate_rps=8.0, seed=5, concurrency=4, warmup_requests=0)
+    result = replay(served_tiny.target, samples, workload, _sampling(), show_progress=False)
+    assert result.errors == 0 and [r.id for r in result.records] == [s.id for s in samples]
+    offsets = _arrival_offsets_s(len(samples), workload)
+    # Each request leaves no earlier than its seeded arrival time after the window opened.
+    for record, offset in zip(result.records, offsets):
+        assert record.start_s >= result.start_s + offset - 1e-3
+    assert all(r.output_tokens > 0 for r in result.records)
 
 
 def test_poisson_arrivals_are_seeded_with_the_asked_rate() -> None:

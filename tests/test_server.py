@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.procs import group_alive
 import yaml
 
 from harness.config import compose
 from harness.server import ServerError, VllmServer
+from tests.procs import group_alive, spawn
 
 pytestmark = pytest.mark.server
 
@@ -48,11 +47,18 @@ def test_stop_leaves_no_process_in_the_group(tiny_model_dir: Path, tmp_path: Pat
 
 
 def test_startup_timeout_raises_with_log_tail(tiny_model_dir: Path, tmp_path: Path) -> None:
-    run = compose(["serve.startup_timeout_s=4"])
-    server = VllmServer(tiny_model_dir, run.serve, tmp_path, served_model_name="slow")
-    with pytest.raises(ServerError, match="not ready after 4 s") as err:
-        with server:
-            pass
+    run = compose(["serve.startup_timeout_s=2"])
+    server = VllmServer(tiny_model_dir, run.serve, tmp_path, served_model_name="held")
+    server.start()
+    pgid = server.pgid
+    try:
+        # Held: a stopped server can never become ready, so the timeout fires however fast the machine.
+        os.killpg(pgid, signal.SIGSTOP)
+        with pytest.raises(ServerError, match="not ready after 2 s") as err:
+            server.wait_ready()
+    finally:
+        server.stop()  # must stop a stopped (held) group too
+    assert not group_alive(pgid)
     tail = (tmp_path / "server.log").read_text().splitlines()[-40:]
     assert str(err.value).endswith("\n".join(tail))
     assert "server.log" in str(err.value)
@@ -92,13 +98,22 @@ def _child_pid(pid: int, timeout_s: float) -> int:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupted_parent_leaves_no_orphans(tiny_model_dir: Path, tmp_path: Path, sig: int) -> None:
-    parent = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tiny_model_dir), str(tmp_path)],
-                              cwd=Path(__file__).resolve().parents[1])
-    try:
-        pgid = _child_pid(parent.pid, 60)
-        time.sleep(5)  # let vLLM get into its startup
+    # spawn(): the parent gets default SIGINT handling however pytest was started, and its whole
+    # tree (the server's own session included) is killed when the test ends, pass or fail.
+    with spawn([sys.executable, "-c", _HOLDER, str(tiny_model_dir), str(tmp_path)],
+               cwd=Path(__file__).resolve().parents[1]) as parent:
+        pgid = _child_pid(parent.pid, 120)
+        _wait_for_log(tmp_path / "server.log")  # the signal lands while vLLM is starting up
         parent.send_signal(sig)
-        parent.wait(timeout=180)  # generous: a loaded 2-core machine can take a minute to unwind
-    finally:
-        parent.kill()
-    assert not group_alive(pgid)
+        code = parent.wait(timeout=600)  # a hang guard: unwinding on a loaded 2-core machine is slow
+        assert code != 0  # the parent was interrupted, not finished
+        assert not group_alive(pgid)  # checked before spawn() cleans up after the test
+
+
+def _wait_for_log(path: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size > 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the server wrote nothing to {path}")

@@ -13,14 +13,14 @@ import pytest
 import yaml
 
 from harness.submit_check import check_folder
+from tests.procs import run_cli
 from tests.real_runs import COMMON, REPO, real_runs  # noqa: F401 - the shared fixture
 
 pytestmark = pytest.mark.server
 
 
 def submit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.submit", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=900)
+    return run_cli([sys.executable, "-m", "harness.submit", *args], cwd=REPO, timeout=900)
 
 
 @pytest.fixture(scope="module")

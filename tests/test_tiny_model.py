@@ -51,6 +51,7 @@ def test_tiny_model_has_e4b_structure():
     assert not any(f"layers.{last}.self_attn.k_proj" in n for n in names)  # KV-shared: no own k/v
 
 
+@pytest.mark.server
 def test_served_tiny_model_answers_suite_items(served_tiny):
     from harness.config import compose
     from harness.quality import score

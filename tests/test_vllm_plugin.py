@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.procs import run_cli
 from tests.pruned_tiny import down_proj_input_stats, edit_weights, load_reference, make_pruned
 
 torch.set_num_threads(1)
@@ -208,8 +209,7 @@ def built(pruned_dir, broken_dirs, tiny_model_dir):
     with socket.socket() as sock:  # a free port for the probe's one-process torch.distributed group
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.run([sys.executable, str(PROBE), str(port), *map(str, folders)],
-                          capture_output=True, text=True, timeout=900)
+    proc = run_cli([sys.executable, str(PROBE), str(port), *map(str, folders)], timeout=900)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line is not None, proc.stderr[-3000:]
     return {Path(k): v for k, v in json.loads(line.removeprefix("RESULT ")).items()}
@@ -235,12 +235,18 @@ def test_vllm_refuses_a_broken_pruned_checkpoint_loudly(built, broken_dirs, name
 
 
 @pytest.mark.server
-def test_pruned_fp8_dynamic_checkpoint_is_served_through_the_plugin(pruned_dir, samples, tmp_path_factory):
+def test_project_pruner_then_fp8_dynamic_is_served_through_the_plugin(tiny_model_dir, samples, tmp_path_factory):
+    """compress's own FLAP pruner (not the test helper above), then FP8: served equal to transformers."""
     from compress import compress_checkpoint
     from compress.configs import config_from_name
+    from compress.flap_config import FlapConfig
 
-    quantized = compress_checkpoint(pruned_dir, tmp_path_factory.mktemp("flap-fp8") / "fp8",
-                                    config_from_name("fp8_dynamic"))
+    root = tmp_path_factory.mktemp("flap-fp8")
+    pruned = compress_checkpoint(tiny_model_dir, root / "pruned",
+                                 FlapConfig(ratio=0.3, multiple=32, num_samples=8, protect_roles=()))
+    widths = json.loads((pruned / "config.json").read_text())["text_config"]["intermediate_sizes"]
+    assert min(widths) < 256 and all(w % 32 == 0 for w in widths)  # the pruner really removed channels
+    quantized = compress_checkpoint(pruned, root / "fp8", config_from_name("fp8_dynamic"))
     served = _serve_and_ask(quantized, samples, tmp_path_factory.mktemp("served-pruned-fp8"))
     reference = _reference(quantized, samples)
     assert "Resolved architecture: FlapGemma4ForConditionalGeneration" in served["log"]
