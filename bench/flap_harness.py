@@ -1,6 +1,6 @@
 """FLAP against its ablations at one pruning ratio, each measured on the suite through the harness.
 
-    .venv/bin/python bench/flap_harness.py [--ratio 0.7] [--limit 200] [--results DIR]
+    .venv/bin/python -m bench.flap_harness [--ratio 0.7] [--limit 200] [--results DIR]
 
 Runs `python -m harness` (real build, real vLLM server with the project's plugin, real replay)
 for: the dense baseline (bf16), FLAP with bias compensation, FLAP without it, magnitude

@@ -2,14 +2,14 @@
 
     .venv/bin/python -m bench.flap_quality [--shares 0.25 0.5] [--limit 100] [--kl-limit 40]
 
-(run as a module from the repository root: bench/compress.py would shadow the package otherwise)
+(run as a module from the repository root, as every bench script is)
 
 Each method prunes every decoder layer by the same share (schedule mode, no protected
 layers, widths rounded to 32), so all three keep exactly the same widths and differ only in
 which channels go and whether a bias compensates. Printed per variant:
-  accuracy: harness.offline_eval greedy exact-match score (macro over task families) on the
+  accuracy: harness.score.offline greedy exact-match score (macro over task families) on the
     first --limit items of the suite's test split;
-  kl_nats: harness.offline_eval.mean_token_kl against the dense model (text positions,
+  kl_nats: harness.score.offline.mean_token_kl against the dense model (text positions,
     nats per position) on the first --kl-limit test items;
   mlp_params / bytes: MLP parameters kept and the checkpoint's safetensors bytes.
 Transformers offline (load_pruned), float32, greedy; the lead redoes them through vLLM
@@ -23,6 +23,8 @@ import json
 import tempfile
 import time
 from pathlib import Path
+
+from harness.build.calibration import suite_source
 
 METHODS = {
     "flap+bias": {"method": "flap", "bias_compensation": True},
@@ -38,7 +40,7 @@ def _prune(src: Path, out: Path, share: float, fields: dict, num_samples: int, t
     layers = json.loads((src / "config.json").read_text())["text_config"]["num_hidden_layers"]
     config = config_from_name("flap", mode="schedule", schedule={layers: [share] * layers}, multiple=32,
                               protect_roles=[], num_samples=num_samples, calibration_tokens=tokens, **fields)
-    return prune_checkpoint(src, out, config)
+    return prune_checkpoint(src, out, config, suite_source())
 
 
 def _mlp_params(folder: Path) -> int:
@@ -57,7 +59,7 @@ def _mlp_params(folder: Path) -> int:
 
 
 def _row(name: str, folder: Path, dense: Path, samples, kl_samples) -> dict:
-    from harness.offline_eval import evaluate_offline, mean_token_kl
+    from harness.score.offline import evaluate_offline, mean_token_kl
 
     report = evaluate_offline(folder, samples)
     kl = mean_token_kl(dense, folder, kl_samples) if folder != dense else 0.0
@@ -77,8 +79,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from harness.replay.workloads.base import load_samples
     from harness.tiny import DEFAULT_MODEL_DIR
-    from harness.workloads.base import load_samples
 
     torch.set_num_threads(1)
     samples = load_samples(0, "test", args.limit)

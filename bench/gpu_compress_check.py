@@ -1,6 +1,6 @@
 """GPU check of the compress numerics on E4B-shaped layers, and the energy of each GEMM kind.
 
-Run on a CUDA machine from the repo root: `python bench/gpu_compress_check.py` (needs torch
+Run on a CUDA machine from the repo root: `python -m bench.gpu_compress_check` (needs torch
 with CUDA and nvidia-ml-py; not vLLM). Prints, for E4B's MLP shapes (2560 <-> 10240):
 
 - output SQNR (dB) against the bf16 GEMM of: FP8 per-tensor weight-only, FP8 per-channel
@@ -112,8 +112,8 @@ def energy(meter) -> list[dict]:
     wq = fp8.quantize_fp8(w, s_c)
     for m in (8, 4096):
         x = activations(m, in_f)
-        bf16_j, bf16_w, n_b = joules_per_gemm(meter, lambda: x @ w.t())
-        fp8_j, fp8_w, n_f = joules_per_gemm(meter, lambda: fp8_gemm(x, wq, s_c))
+        bf16_j, bf16_w, n_b = joules_per_gemm(meter, lambda x=x: x @ w.t())
+        fp8_j, fp8_w, n_f = joules_per_gemm(meter, lambda x=x: fp8_gemm(x, wq, s_c))
         rows.append({"tokens": m, "bf16_j_per_gemm": bf16_j, "fp8_j_per_gemm": fp8_j,
                      "fp8_over_bf16": fp8_j / bf16_j, "bf16_avg_w": bf16_w, "fp8_avg_w": fp8_w,
                      "gemms": [n_b, n_f], "source": meter.source})

@@ -1,6 +1,6 @@
 """GPU check: what a pruned FFN width costs in joules, and why widths are rounded to 128.
 
-Run on a CUDA machine from the repo root: `python bench/gpu_prune_check.py` (torch with CUDA and
+Run on a CUDA machine from the repo root: `python -m bench.gpu_prune_check` (torch with CUDA and
 nvidia-ml-py; not vLLM). For one E4B MLP (hidden 2560; gate and up [w, 2560], down [2560, w],
 GELU-tanh gating) at widths 10240 (dense), 8192 (20% pruned, a multiple of 128), 8184 (a
 multiple of 8 only) and 8190 (unaligned), in bf16 and with FP8 per-channel weights and dynamic

@@ -2,7 +2,7 @@
 
 Run from the repository root on a GPU machine with torch (CUDA) and nvidia-ml-py:
 
-    python bench/nvml_gpu_check.py
+    python -m bench.nvml_gpu_check
 
 Prints each window's energy, duration, mean power, counter-vs-integrated-power agreement and
 flags, plus GPU snapshots before and after; writes nvml_gpu_check.json and the power trace

@@ -1,6 +1,6 @@
 """GPU check: an interrupted run keeps NVML-measured idle and partial-suite energy.
 
-Run on a CUDA machine from the repo root: `python bench/nvml_interrupt_check.py` (torch with
+Run on a CUDA machine from the repo root: `python -m bench.nvml_interrupt_check` (torch with
 CUDA and nvidia-ml-py). With the harness's real NVML meter it records an idle window, then
 loads the GPU with bf16 GEMMs and raises KeyboardInterrupt mid-load, exactly where Ctrl-C would
 land in a replay; the pipeline's own salvage step (harness.pipeline._keep_partial_energy) must
@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from harness.energy import make_meter  # noqa: E402
 from harness.pipeline import _keep_partial_energy  # noqa: E402
-from harness.results import RunPaths  # noqa: E402
+from harness.record.result import RunPaths  # noqa: E402
 
 
 def main() -> None:

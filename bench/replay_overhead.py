@@ -1,6 +1,6 @@
 """Is the harness's replay the bottleneck? Its throughput over `vllm bench serve`'s, same requests.
 
-    .venv/bin/python bench/replay_overhead.py [--requests 64] [--concurrency 4] [--output-len 32]
+    .venv/bin/python -m bench.replay_overhead [--requests 64] [--concurrency 4] [--output-len 32]
 
 One server (the tiny model), the same suite samples written as a `custom_image` JSONL (image
 then text, as the harness sends them), every answer forced to `--output-len` tokens
@@ -19,11 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.config import compose
-from harness.replay import chat_messages, replay
-from harness.server import VllmServer
+from harness.config.schema import compose
+from harness.replay.client import chat_messages, replay
+from harness.replay.workloads.base import load_samples
+from harness.serve.vllm import VllmServer
 from harness.tiny import DEFAULT_MODEL_DIR
-from harness.workloads.base import load_samples
 
 
 def write_dataset(samples, folder: Path) -> Path:

@@ -1,6 +1,6 @@
 """Accuracy of the tiny model through real vLLM, per family, greedy and at competition sampling.
 
-    .venv/bin/python bench/tiny_accuracy.py [--limit 400] [--model DIR]
+    .venv/bin/python -m bench.tiny_accuracy [--limit 400] [--model DIR]
 
 Starts one server (its start-up time is printed), replays the test split twice through the
 harness's own replay (greedy, then temperature 1.0 / top_p 0.95 / top_k 64) and prints the
@@ -15,13 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.config import compose
-from harness.quality import score
-from harness.replay import replay
-from harness.server import VllmServer
+from harness.config.schema import compose
+from harness.replay.client import replay
+from harness.replay.workloads.base import load_samples
+from harness.replay.workloads.synthetic import FAMILIES
+from harness.score.quality import score
+from harness.serve.vllm import VllmServer
 from harness.tiny import DEFAULT_MODEL_DIR
-from harness.workloads.base import load_samples
-from harness.workloads.synthetic import FAMILIES
 
 
 def main() -> None:

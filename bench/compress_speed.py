@@ -1,8 +1,8 @@
 """Compression time and peak RSS per scheme: tiny Gemma 4, then a full-size E4B-shaped checkpoint.
 
-    .venv/bin/python bench/compress.py                 # both models (E4B needs ~45 GB free disk)
-    .venv/bin/python bench/compress.py --skip-e4b      # tiny model only
-    .venv/bin/python bench/compress.py --vs-llmcompressor   # against llmcompressor (bench/compress_llmc.py)
+    .venv/bin/python -m bench.compress_speed                 # both models (E4B needs ~45 GB free disk)
+    .venv/bin/python -m bench.compress_speed --skip-e4b      # tiny model only
+    .venv/bin/python -m bench.compress_speed --vs-llmcompressor   # against llmcompressor (bench/compress_llmc.py)
 
 Each compression runs in a fresh subprocess; duration_s is the wall-clock time of
 compress_checkpoint alone (package imports done before the clock starts), cpu_s the process's user + system
@@ -37,7 +37,8 @@ from pathlib import Path
 from compress import compress_checkpoint, config_from_name
 torch.set_num_threads(1)
 params = json.loads(sys.argv[4])
-calibration = torch.load(sys.argv[5]) if len(sys.argv) > 5 else None
+from harness.build.calibration import suite_source
+calibration = torch.load(sys.argv[5]) if len(sys.argv) > 5 else suite_source()
 import compressed_tensors, transformers, compress.calibration, compress.ct_config, compress.export, compress.gptq_runner, compress.lineage  # not timed
 start = time.perf_counter()
 compress_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]), config_from_name(sys.argv[3], **params), calibration)
@@ -159,7 +160,7 @@ def main() -> None:
                         help="compare time and weights with llmcompressor in its own venv (see bench/compress_llmc.py)")
     args = parser.parse_args()
     if args.vs_llmcompressor:
-        from compress_llmc import compare_all  # bench/ is this script's folder, first on sys.path
+        from bench.compress_llmc import compare_all
 
         compare_all(run_scheme, args.work_dir, schemes=args.schemes)
         return
