@@ -11,8 +11,8 @@ from typing import Any
 
 from compress.configs import (
     CONFIGS,
-    FlapConfig,
     CompressConfig,
+    FlapConfig,
     Fp8Config,
     Fp8DynamicConfig,
     StepsConfig,

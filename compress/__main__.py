@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from compress.configs import CONFIGS, config_from_name
@@ -18,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-qkv", action="store_true", help="fp8_dynamic: o_proj and MLP only")
     p.add_argument("--num-samples", type=int, help="w4a16_gptq, flap: calibration samples (default 64)")
     p.add_argument("--seed", type=int, help="w4a16_gptq, flap: calibration seed (default 0)")
+    p.add_argument("--calibration", type=Path, metavar="FILE.jsonl",
+                   help='w4a16_gptq, flap: calibration examples, one {"image": path, "prompt": text} per line')
     flap = p.add_argument_group("flap (FFN pruning; see compress.flap_config.FlapConfig)")
     flap.add_argument("--ratio", type=float, help="share of all FFN channels removed (global mode, default 0.2)")
     flap.add_argument("--method", choices=("flap", "magnitude"), help="channel scores (default flap)")
@@ -45,11 +48,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.scheme == "flap":
         params.update(_flap_params(args))
     config = config_from_name(args.scheme, **params)
+    from compress.calibration import CalibrationSource
     from compress.checkpoint import compress_checkpoint
 
-    out = compress_checkpoint(args.src_dir, args.out_dir, config)
+    calibration = CalibrationSource.from_jsonl(args.calibration) if args.calibration else None
+    out = compress_checkpoint(args.src_dir, args.out_dir, config, calibration)
     print(f"wrote {out} ({type(config).__name__})")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: the message names the fix
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+from compress.activation import attach_activation_quant
 from compress.configs import (
     CompressConfig,
     Fp8Config,
@@ -28,15 +29,6 @@ def linear_weight_shapes(model) -> dict[str, tuple[int, ...]]:
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear)
     }
-
-
-def attach_activation_quant(module, spec: LayerSpec) -> None:
-    """Makes `module` see its input as the serving kernel does: quantized per token, on the fly."""
-    from compress.codecs import ACTIVATION_FAKE_QUANT
-
-    if spec.activation is not None:
-        fake = ACTIVATION_FAKE_QUANT[spec.activation]
-        module.register_forward_pre_hook(lambda mod, args: (fake(args[0]), *args[1:]))
 
 
 def _data_free(model, config: CompressConfig, plan: dict[str, LayerSpec], calibration) -> Encoded:

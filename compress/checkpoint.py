@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 from typing import Iterable
 
 from compress.configs import CompressConfig, DistillConfig, FlapConfig, StepsConfig, W4A16GptqConfig, config_to_dict
+from compress.folders import check_paths, load_model
 from compress.schemes import LayerSpec
-
-
-def load_model(src_dir: Path):
-    """The transformers model of a checkpoint: image-text-to-text when it has a vision config."""
-    import transformers
-
-    config = json.loads((src_dir / "config.json").read_text())
-    if config.get("flap_pruned"):
-        from compress.pruned_hf import load_pruned
-
-        return load_pruned(src_dir, dtype="auto").eval()
-    auto = transformers.AutoModelForImageTextToText if "vision_config" in config else transformers.AutoModelForCausalLM
-    return auto.from_pretrained(src_dir, dtype="auto").eval()
 
 
 def _gptq_encodings(src_dir: Path, config: W4A16GptqConfig, plan: dict[str, LayerSpec], calibration) -> tuple[dict, dict]:
     """GPTQ-encoded tensors (computed on the loaded model) and a description of the calibration."""
     from compress.api import compress_
-    from compress.calibration import as_model_inputs, suite_pairs
+    from compress.calibration import as_model_inputs, resolve
 
-    if calibration is None:
-        calibration = suite_pairs(config.num_samples, config.seed)
-        described = {"source": "harness.workloads synthetic suite, train split, chat-formatted image+text",
-                     "num_samples": config.num_samples, "seed": config.seed}
-    else:
-        described = {"source": "caller-provided"}
+    calibration, described = resolve(calibration, config.num_samples, config.seed, "w4a16_gptq")
     samples = as_model_inputs(calibration, src_dir)
     described["num_samples"] = len(samples)
     encoded = compress_(load_model(src_dir), config, samples)
@@ -51,17 +33,6 @@ def _gptq_encodings(src_dir: Path, config: W4A16GptqConfig, plan: dict[str, Laye
 _CALIBRATED = {W4A16GptqConfig: _gptq_encodings}
 
 
-def check_paths(src_dir: Path, out_dir: Path) -> None:
-    if not (src_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{src_dir} has no config.json: pass a saved transformers checkpoint folder")
-    if "quantization_config" in json.loads((src_dir / "config.json").read_text()):
-        raise ValueError(f"{src_dir} is already quantized: compress the dense (or pruned) checkpoint instead")
-    if out_dir.exists():
-        raise FileExistsError(f"{out_dir} exists: remove it or choose another output folder")
-    if out_dir.resolve() == src_dir.resolve():
-        raise ValueError("the output folder must differ from the source folder")
-
-
 def _prune(src_dir: Path, out_dir: Path, config, calibration) -> Path:
     from compress.prune import prune_checkpoint
 
@@ -71,7 +42,7 @@ def _prune(src_dir: Path, out_dir: Path, config, calibration) -> Path:
 def _steps(src_dir: Path, out_dir: Path, config, calibration) -> Path:
     from compress.steps import run_steps
 
-    return run_steps(src_dir, out_dir, config, calibration)
+    return run_steps(src_dir, out_dir, config, calibration, compress_one=compress_checkpoint)
 
 
 def _distill_alone(src_dir: Path, out_dir: Path, config, calibration) -> Path:
@@ -97,7 +68,7 @@ def compress_checkpoint(
         out_dir: destination; must not exist.
         config: a config from compress.configs.
         calibration: GPTQ and FLAP: (PIL image, prompt) pairs or processor-output dicts;
-            None takes config.num_samples samples of the harness suite's train split.
+            a CalibrationSource (compress.calibration) to draw config.num_samples from.
 
     Returns:
         out_dir.

@@ -231,6 +231,15 @@ CONFIGS: dict[str, type] = {
 DATA_FREE_SCHEMES: tuple[str, ...] = ("fp8", "fp8_dynamic", "w4a16_rtn", "w8a8_int8")
 
 
+def calibrates(config: Any) -> bool:
+    """Whether building ``config`` draws calibration or training data (GPTQ, FLAP scores, distillation)."""
+    if isinstance(config, StepsConfig):
+        return any(calibrates(step) for step in config.steps)
+    if isinstance(config, FlapConfig):
+        return config.needs_calibration
+    return isinstance(config, (W4A16GptqConfig, DistillConfig))
+
+
 def config_from_name(scheme: str, **params: Any) -> CompressConfig:
     """The config of scheme `scheme` with `params` overriding its defaults (lists become tuples).
 

@@ -1,8 +1,8 @@
 """Knowledge distillation of a pruned checkpoint toward its unpruned teacher.
 
 The student (a FLAP-pruned folder, loaded with compress.pruned_hf.load_pruned) learns from the
-dense teacher on the suite's train split: chat-formatted image + prompt + reference answer,
-one sequence each. The loss per sequence is
+dense teacher on examples from a CalibrationSource (the harness passes its suite's train
+split): chat-formatted image + prompt + reference answer, one sequence each. The loss per sequence is
 
     kl_weight * KL(teacher || student) over the next-token distributions at every text
     position (temperature-scaled, times T^2 as usual), plus
@@ -17,7 +17,6 @@ config), with a distill step added to recipe.json.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import shutil
@@ -25,19 +24,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from compress.calibration import CalibrationSource
 from compress.distill_config import DistillConfig
 
 
-def training_sequences(processor, config: DistillConfig) -> list[dict]:
-    """Model inputs of `config.num_samples` train-split items, each prompt followed by its answer."""
-    from harness.workloads.base import load_samples
-
+def training_sequences(processor, source: CalibrationSource, count: int, seed: int) -> list[dict]:
+    """Model inputs of ``count`` examples of ``source``, each prompt followed by its answer."""
     items = []
-    for s in load_samples(seed=config.seed, split="train", limit=config.num_samples):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.prompt}]},
-                    {"role": "assistant", "content": [{"type": "text", "text": s.reference}]}]
+    for image, prompt, answer in source.examples(count, seed):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
         text = processor.apply_chat_template(messages, tokenize=False)
-        items.append(dict(processor(text=text, images=[s.image], return_tensors="pt")))
+        items.append(dict(processor(text=text, images=[image], return_tensors="pt")))
     return items
 
 
@@ -161,7 +159,7 @@ def save_student(student, student_dir: Path, out_dir: Path) -> None:
 
 
 def distill_checkpoint(teacher_dir: Path, student_dir: Path, out_dir: Path, config: DistillConfig,
-                       log: Callable[[str], None] = print) -> Path:
+                       source: CalibrationSource | None = None, log: Callable[[str], None] = print) -> Path:
     """Distils the pruned `student_dir` toward the dense `teacher_dir` into `out_dir`.
 
     Args:
@@ -169,7 +167,12 @@ def distill_checkpoint(teacher_dir: Path, student_dir: Path, out_dir: Path, conf
         student_dir: a folder written by compress.prune (not yet quantized).
         out_dir: destination; must not exist (written via out_dir.partial, then renamed).
         config: the DistillConfig.
+        source: where the training and held-out examples come from (prompts with answers).
         log: progress lines.
+
+    Raises:
+        ValueError: no source was given (compress has no data of its own), or the student
+            is already quantized.
     """
     import torch
     import transformers
@@ -178,6 +181,9 @@ def distill_checkpoint(teacher_dir: Path, student_dir: Path, out_dir: Path, conf
     from compress.pruned_hf import load_pruned
 
     teacher_dir, student_dir, out_dir = Path(teacher_dir), Path(student_dir), Path(out_dir)
+    if not isinstance(source, CalibrationSource):
+        raise ValueError("distillation needs examples with answers: pass source= (a compress.calibration."
+                         "CalibrationSource) or, on the command line, --calibration FILE.jsonl")
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists: remove it or pick another output folder")
     if json.loads((student_dir / "config.json").read_text()).get("quantization_config"):
@@ -187,10 +193,9 @@ def distill_checkpoint(teacher_dir: Path, student_dir: Path, out_dir: Path, conf
     teacher = transformers.AutoModelForImageTextToText.from_pretrained(teacher_dir, dtype=torch.float32).eval()
     student = load_pruned(student_dir, dtype="float32")
     processor = transformers.AutoProcessor.from_pretrained(teacher_dir)
-    items = training_sequences(processor, config)
-    # Held out: the train split drawn with another seed (the generator makes new items).
-    held_out = training_sequences(processor, dataclasses.replace(config, seed=config.seed + 1,
-                                                                   num_samples=config.eval_samples))
+    items = training_sequences(processor, source, config.num_samples, config.seed)
+    # Held out: the same source drawn with another seed (a generator makes new items).
+    held_out = training_sequences(processor, source, config.eval_samples, config.seed + 1)
     image_token_id = getattr(teacher.config, "image_token_id", None)
     outcome = train(student, teacher, items, config, lambda: held_out_kl(student, teacher, held_out, image_token_id), log)
     kl_before, kl_after = outcome["evals"][0][1], dict(outcome["evals"])[outcome["kept_step"]]
@@ -200,19 +205,21 @@ def distill_checkpoint(teacher_dir: Path, student_dir: Path, out_dir: Path, conf
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     save_student(student.eval(), student_dir, partial)
-    step = _step(config, teacher_dir, checkpoint_hash(teacher_dir), outcome["history"], time.perf_counter() - started)
+    step = _step(config, source, teacher_dir, checkpoint_hash(teacher_dir), outcome["history"],
+                 time.perf_counter() - started)
     write_recipe(student_dir, partial, {**step, "kept_step": outcome["kept_step"], "held_out_kl_by_step": outcome["evals"],
                                         "held_out_kl": {"before": kl_before, "after": kl_after}})
     partial.rename(out_dir)
     return out_dir
 
 
-def _step(config: DistillConfig, teacher_dir: Path, teacher_sha: str, history: list[dict], duration_s: float) -> dict[str, Any]:
+def _step(config: DistillConfig, source: CalibrationSource, teacher_dir: Path, teacher_sha: str, history: list[dict],
+          duration_s: float) -> dict[str, Any]:
     from compress.configs import config_to_dict
 
     return {"step": "distill", "config": config_to_dict(config),
             "teacher": {"path": str(teacher_dir.resolve()), "sha256": teacher_sha},
-            "calibration": {"source": "suite train split, prompt + reference answer",
+            "calibration": {"source": f"{source.name}, prompt + reference answer", "fingerprint": source.fingerprint,
                             "num_samples": config.num_samples, "seed": config.seed},
             "loss_first": history[0] if history else None, "loss_last": history[-1] if history else None,
             "duration_s": duration_s}

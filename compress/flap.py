@@ -15,7 +15,6 @@ from typing import Sequence
 import torch
 
 
-
 class RunningStats:
     """Per-channel mean and sum of squared deviations (M2) of a stream of activations, float64.
 

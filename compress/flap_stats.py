@@ -22,15 +22,10 @@ LANGUAGE_PREFIX = "model.language_model.layers."
 
 
 def describe_calibration(calibration, num_samples: int, seed: int) -> tuple[list, dict]:
-    """The calibration items (the suite's train split when None) and their description for lineage."""
-    from compress.calibration import suite_pairs
+    """The calibration items (``num_samples`` drawn when ``calibration`` is a source) and their lineage."""
+    from compress.calibration import resolve
 
-    if calibration is not None:
-        items = list(calibration)
-        return items, {"source": "caller-provided", "num_samples": len(items)}
-    described = {"source": "harness.workloads synthetic suite, train split, chat-formatted image+text",
-                 "num_samples": num_samples, "seed": seed}
-    return suite_pairs(num_samples, seed), described
+    return resolve(calibration, num_samples, seed, "flap")
 
 
 def down_proj_stats(src_dir: Path, calibration: Iterable, tokens: str = "all") -> dict[int, RunningStats]:
@@ -44,7 +39,7 @@ def down_proj_stats(src_dir: Path, calibration: Iterable, tokens: str = "all") -
     import torch
 
     from compress.calibration import as_model_inputs
-    from compress.checkpoint import load_model
+    from compress.folders import load_model
 
     model = load_model(Path(src_dir))
     stats: dict[int, RunningStats] = {}

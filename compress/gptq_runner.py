@@ -7,7 +7,7 @@ from typing import Iterable
 
 import torch
 
-from compress.api import attach_activation_quant
+from compress.activation import attach_activation_quant
 from compress.codecs import decode, encode, int4_tensors
 from compress.configs import W4A16GptqConfig
 from compress.gptq import accumulate_hessian, gptq_quantize_int4

@@ -93,15 +93,15 @@ def prune_checkpoint(src_dir: Path, out_dir: Path, config: FlapConfig, calibrati
         src_dir: dense Gemma 4 transformers checkpoint folder.
         out_dir: destination; must not exist.
         config: the pruning config.
-        calibration: (PIL image, prompt) pairs or processor-output dicts; None takes
-            config.num_samples samples of the harness suite's train split.
+        calibration: (PIL image, prompt) pairs or processor-output dicts, or a
+            CalibrationSource to draw config.num_samples from (method "magnitude" needs none).
 
     Returns:
         out_dir.
     """
-    from compress.checkpoint import check_paths
     from compress.export import copy_side_files
     from compress.flap_stats import describe_calibration, down_proj_stats
+    from compress.folders import check_paths
     from compress.lineage import write_recipe
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)

@@ -116,7 +116,7 @@ def _copy_strict(model, sources: dict, model_dir: Path) -> None:
 
 def _attach_activation_quant(model, quantization_config: dict, modules: set[str]) -> None:
     """Per-token fake quantization of the inputs of modules served with dynamic activations."""
-    from compress.api import attach_activation_quant
+    from compress.activation import attach_activation_quant
     from compress.plan import matches
     from compress.schemes import LayerSpec
 

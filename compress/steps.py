@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
+from compress.calibration import CalibrationSource
 from compress.configs import StepsConfig
 from compress.distill_config import DistillConfig
 
 
-def run_steps(src_dir: Path, out_dir: Path, config: StepsConfig, calibration: Iterable | None = None) -> Path:
+def run_steps(src_dir: Path, out_dir: Path, config: StepsConfig, calibration: Iterable | None = None, *,
+              compress_one: Callable[..., Path]) -> Path:
     """Runs every step of `config`; intermediate folders live inside `out_dir`.partial.
 
     Each step writes a complete checkpoint folder (with recipe.json, whose steps list grows
@@ -22,25 +24,28 @@ def run_steps(src_dir: Path, out_dir: Path, config: StepsConfig, calibration: It
         src_dir: the dense source checkpoint.
         out_dir: destination; must not exist.
         config: the steps.
-        calibration: passed to every step that calibrates (FLAP, GPTQ); None lets each
-            step take its own num_samples from the suite's train split.
+        calibration: passed to every step that calibrates (FLAP, GPTQ, and distillation,
+            which needs a CalibrationSource: its examples carry answers).
+        compress_one: runs one step (compress.checkpoint.compress_checkpoint, passed in by
+            it: a steps config is one of the configs that function dispatches).
     """
-    from compress.checkpoint import check_paths, compress_checkpoint
     from compress.distill import distill_checkpoint
+    from compress.folders import check_paths
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     check_paths(src_dir, out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    items = list(calibration) if calibration is not None else None
+    # A source is passed on as it is (each step draws its own count); fixed items are read once.
+    items = calibration if calibration is None or isinstance(calibration, CalibrationSource) else list(calibration)
     current = src_dir
     for i, step in enumerate(config.steps):
         out = partial / f"step-{i}-{step.SCHEME}"
         if isinstance(step, DistillConfig):  # the teacher is the dense source, not the previous step
-            current = distill_checkpoint(src_dir, current, out, step)
+            current = distill_checkpoint(src_dir, current, out, step, source=calibration)
         else:
-            current = compress_checkpoint(current, out, step, items)
+            current = compress_one(current, out, step, items)
     current.rename(out_dir)
     shutil.rmtree(partial)
     return out_dir

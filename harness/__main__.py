@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
 
 import hydra
 from omegaconf import DictConfig
 
-from harness.config import CONF_DIR, RunConfig, compose, to_run_config
-
-# Errors that mean "the input or the platform is wrong": shown as one line, no traceback.
-USER_ERRORS = ("ConfigError", "PlatformError", "BuildError", "ServerError", "FileExistsError", "RunFailed")
-
-
-def config_dict(run_cfg: RunConfig) -> dict:
-    """The resolved configuration as plain data, as stored with every result (secrets redacted)."""
-    from harness.pipeline import _jsonable
-    from harness.redact import redact_config
-
-    return redact_config(_jsonable(asdict(run_cfg)))
-
-
-def baseline_overrides(overrides: list[str]) -> list[str]:
-    """The run's overrides that also apply to its baseline: model, workload, sampling, serve...
-
-    The variant's own identity (variant, name) and compression stay with the variant.
-    """
-    return [o for o in overrides if not o.lstrip("+~").startswith(("variant=", "name=", "compress.", "compress="))]
+from harness.config.schema import CONF_DIR, RunConfig, compose, to_run_config
+from harness.errors import HarnessError
+from harness.record.result import config_dict
 
 
 def ensure_baseline(run_cfg: RunConfig, overrides: list[str], console) -> None:
     """Runs the baseline variant first when no comparable baseline result exists yet."""
-    from harness.baseline import find_baseline
-    from harness.pipeline import preflight, run
+    from harness.pipeline import run
+    from harness.preflight import preflight
+    from harness.score.baseline import baseline_overrides, find_baseline
 
     baseline = run_cfg.quality.baseline_variant
     if run_cfg.name == baseline or find_baseline(run_cfg.results_dir, baseline, config_dict(run_cfg)):
@@ -67,7 +50,7 @@ def _app(cfg: DictConfig) -> dict | None:
             console.print(f"[red]job {hydra_cfg.job.num} ({variant}) failed:[/] {_first_line(err)}",
                           markup=True, highlight=False, soft_wrap=True)
             return {"variant": variant, "status": "failed", "error": f"{type(err).__name__}: {_first_line(err)}"}
-        if type(err).__name__ not in USER_ERRORS:
+        if not isinstance(err, HarnessError):  # a bug: keep its traceback
             raise
         console.print(f"[red]error:[/] {err}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -79,14 +62,25 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def _override(argv: list[str], key: str) -> str | None:
+    """The value the command line gives ``key`` (the last one wins, as in Hydra), else None."""
+    values = [a.partition("=")[2] for a in argv if a.lstrip("+~").partition("=")[0] == key]
+    return values[-1] if values else None
+
+
 def main() -> None:
-    from harness.gpu_slots import register_resolvers
-    from harness.input_checks import unknown_variant
-    from harness.server import install_sigterm_handler
+    from harness.preflight import check_results_dir, unknown_variant
+    from harness.serve.gpu_slots import register_resolvers
+    from harness.serve.vllm import install_sigterm_handler
 
     problem = unknown_variant(sys.argv[1:])  # Hydra's own message is a dozen lines
     if problem:
         print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    try:  # Hydra makes its run folder under results_dir before any of our code runs
+        check_results_dir(_override(sys.argv[1:], "results_dir") or "results")
+    except HarnessError as err:
+        print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     install_sigterm_handler()  # SIGTERM unwinds like Ctrl-C from the start: the run is recorded
     register_resolvers()  # ${harness_gpu_count:} in conf/hydra/launcher/gpus.yaml

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.results import RESULT_FILE, SCHEMA_VERSION, append_row, read_rows
+from harness.errors import HarnessError
+from harness.record.result import RESULT_FILE, SCHEMA_VERSION, append_row, read_rows
 
 
-class MergeError(ValueError):
+class MergeError(HarnessError, ValueError):
     """The sources cannot be merged as they are; the message names the run and the fix."""
 
 

@@ -7,52 +7,44 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from harness.config import RunConfig
-
-if TYPE_CHECKING:
-    from harness.results import RunResult
+from harness.build.variant import build_variant
+from harness.config.schema import RunConfig
+from harness.energy import make_meter, steady_window
+from harness.energy.attribution import per_request_energy_j
+from harness.energy.base import MeterError
+from harness.energy.nvml import gpu_snapshot
+from harness.energy.steady import FLAG_SHORT_STEADY, STEADY_MIN_S
+from harness.preflight import preflight
+from harness.record import provenance
+from harness.record.atomic import write_jsonl_atomic
+from harness.record.redact import redact_serve
+from harness.record.result import RunResult, append_row, flat_row, jsonable, new_run_dir, write_result
+from harness.record.resume import find_resume, in_sample_order
+from harness.record.summary import print_summary
+from harness.replay.stats import summarize_requests
+from harness.replay.watchdog import error_rate_failure, guarded_replay
+from harness.replay.workloads import load_workload
+from harness.score.baseline import gate_against_baseline
+from harness.score.lmeval.engine import engine_quality, run_engine
+from harness.score.offline_run import run_offline
+from harness.score.quality import score
+from harness.serve.vllm import VllmServer
 
 SERVED_NAME = "model"
 
 
-def preflight(run_cfg: RunConfig):
-    """Every check that needs no build or server: platform capabilities and the model path.
-
-    Returns:
-        The PlatformCheck (effective serve settings and the fallbacks taken).
-    """
-    from harness.build import check_model
-    from harness.input_checks import check_inputs
-    from harness.platform import check_platform
-
-    check = check_platform(run_cfg)
-    check_model(run_cfg.model.resolved_path())
-    check_inputs(run_cfg, check)  # port, checkpoint headers, code in the model folder, disk space
-    from harness.lmeval import check_engine
-
-    check_engine(run_cfg)  # quality.engine=lm_eval: lm-eval tasks known and generative
-    return check
-
-
-def run(run_cfg: RunConfig, config_dict: dict[str, Any], console=None) -> "RunResult":
+def run(run_cfg: RunConfig, config_dict: dict[str, Any], console=None) -> RunResult:
     """Runs one variant end to end and returns its RunResult (also written to disk).
 
     Everything that can be refused (platform capabilities, model path) is checked before
     the build and the server start; once the run directory exists, a failure is recorded
     there as a failed result with its reason rather than lost.
     """
-    from harness.build import build_variant
-    from harness.results import new_run_dir
-    from harness.resume import find_resume
-    from harness.workloads import load_workload
-
     check = preflight(run_cfg)
     samples = load_workload(run_cfg.workload)
     if check.unservable:
-        from harness.offline_run import run_offline
-
         run_offline(run_cfg, config_dict, check, samples, console)  # records, then raises the reason
     resume = find_resume(run_cfg.results_dir, run_cfg.name, config_dict, [str(s.id) for s in samples])
     started = datetime.now(timezone.utc)
@@ -75,7 +67,6 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any], console=None) -> "RunRe
     result = _record(run_cfg, config_dict, check, paths, started, measured, error=error)
     if failure is not None:
         raise failure
-    from harness.summary import print_summary
 
     print_summary(result, paths.root, console)
     return result
@@ -83,7 +74,6 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any], console=None) -> "RunRe
 
 def _too_many_errors(run_cfg: RunConfig, measured: dict[str, Any]):
     """A RunFailed when the share of failed requests (reused ones included) is over the limit."""
-    from harness.faults import error_rate_failure
 
     records = [*measured["reused"], *measured["played"].records]
     return error_rate_failure(records, run_cfg.workload.max_error_rate)
@@ -100,12 +90,6 @@ def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths, sample
     replay, the replay stops within a watchdog interval and the result holds the completed
     requests, the idle window and a "suite_partial" window up to the death, plus the failure.
     """
-    from harness.energy import make_meter, steady_window
-    from harness.energy.attribution import per_request_energy_j
-    from harness.faults import guarded_replay
-    from harness.lmeval import run_engine
-    from harness.server import VllmServer
-
     wl = run_cfg.workload
     reused = resume.records if resume is not None else ()
     done_ids = {r.id for r in reused}
@@ -148,7 +132,6 @@ def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths, sample
 
 def _steady(meter, span: tuple[float, float]):
     """The steady window over ``span``, flagged (not dropped) when shorter than STEADY_MIN_S."""
-    from harness.energy.steady import FLAG_SHORT_STEADY, STEADY_MIN_S
 
     window = meter.energy_between(*span, name="steady")
     if window.duration_s < STEADY_MIN_S:
@@ -162,8 +145,6 @@ def _keep_partial_energy(err: BaseException, meter, paths, state: dict[str, Any]
     The replay's completed requests are already on disk (requests.jsonl is appended as each
     one finishes); this keeps the energy measured alongside them for the failed result.
     """
-    from harness.energy.base import MeterError
-
     try:
         windows = [state["idle"]] if state.get("idle") else []
         if state.get("replay_t0"):
@@ -178,7 +159,6 @@ def _gpu_state(meter) -> list[dict] | None:
     """Name, driver, power limit, clocks and temperature of the metered GPUs (None off GPU)."""
     if meter.kind != "nvml":
         return None
-    from harness.energy.nvml import gpu_snapshot
 
     return [gpu_snapshot(i) for i in meter.indices]
 
@@ -199,24 +179,12 @@ def _record(run_cfg, config_dict, check, paths, started, measured, error, energy
 
     ``energy`` is what an interrupted run measured before it stopped (when ``measured`` is None).
     """
-    from harness import provenance
-    from harness.atomic_io import write_jsonl_atomic
-    from harness.baseline import gate_against_baseline
-    from harness.lmeval import engine_quality
-    from harness.quality import score
-    from harness.request_stats import summarize_requests
-    from harness.results import RunResult, append_row, flat_row, write_result
-
-    from harness.redact import redact_serve
-
-    serve = {"effective": redact_serve(_jsonable(asdict(check.serve))), "platform": check.platform.describe(),
+    serve = {"effective": redact_serve(jsonable(asdict(check.serve))), "platform": check.platform.describe(),
              "fallbacks": [asdict(f) for f in check.fallbacks]}
     quality, gate, stats = {}, None, (None, None, None)
     energy = energy or {"source": None, "windows": []}
     extra = {}
     if measured is not None:
-        from harness.resume import in_sample_order
-
         played, failed = measured["played"], measured["failure"] is not None
         records = in_sample_order([*measured["reused"], *played.records], measured["samples"])
         write_jsonl_atomic(paths.requests, [asdict(r) for r in records])
@@ -243,11 +211,3 @@ def _record(run_cfg, config_dict, check, paths, started, measured, error, energy
     write_result(paths.root, result)
     append_row(Path(run_cfg.results_dir) / "runs.jsonl", flat_row(result))
     return result
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.build.calibration import suite_source
 from tests.procs import EngineWatch, become_subreaper, kill_leftovers
 
 # Tests share 2 cores with other work: keep torch to one thread in this process.
@@ -79,8 +80,8 @@ def served_tiny(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     ``served_tiny.target`` holds base_url, api_key and model_name. Do not stop it: tests
     that need to stop a server start their own.
     """
-    from harness.config import compose
-    from harness.server import VllmServer
+    from harness.config.schema import compose
+    from harness.serve.vllm import VllmServer
 
     run = compose(["serve.startup_timeout_s=300"])
     run_dir = tmp_path_factory.mktemp("served-tiny")
@@ -100,4 +101,4 @@ def checkpoints(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny-checkpoints")
     schemes = ("fp8_dynamic", "w8a8_int8", "w4a16_rtn", "w4a16_gptq")
-    return {s: compress_checkpoint(tiny_model_dir, root / s, config_from_name(s)) for s in schemes}
+    return {s: compress_checkpoint(tiny_model_dir, root / s, config_from_name(s), suite_source()) for s in schemes}

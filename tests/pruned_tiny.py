@@ -23,7 +23,7 @@ MLP = "model.language_model.layers.{i}.mlp.{name}"
 
 def down_proj_input_stats(model_dir: Path, samples) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per decoder layer: (mean, variance) of each down_proj input channel over every prompt token."""
-    from harness.offline_eval import load_model
+    from harness.score.offline import load_model
     from harness.tiny.train import encode
 
     model, processor = load_model(model_dir, "float32")

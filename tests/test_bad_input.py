@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.__main__ import USER_ERRORS
-from harness.config import compose
-from harness.pipeline import preflight
+from harness.config.schema import compose
+from harness.errors import HarnessError
+from harness.preflight import preflight
 from tests.procs import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def _refusal(tmp: Path, *overrides: str) -> str:
     with pytest.raises(Exception) as info:  # noqa: PT011 - the type is checked below, by name as the CLI does
         _preflight(tmp, *overrides)
     message = str(info.value)
-    assert type(info.value).__name__ in USER_ERRORS, f"{type(info.value).__name__}: {message}"
+    assert isinstance(info.value, HarnessError), f"{type(info.value).__name__}: {message}"
     assert "\n" not in message.strip(), message
     assert not (tmp / "results").exists() and not (tmp / "cache").exists()
     return message
@@ -220,10 +220,10 @@ def test_quantization_config_on_dense_weights_is_refused(tmp_path, tiny_model_di
 
 
 def test_intact_checkpoints_pass(tmp_path, tiny_model_dir, int4_checkpoint):
-    from harness.checkpoint_check import check_checkpoint
+    from harness.build.headers import check_headers
 
-    assert len(check_checkpoint(tiny_model_dir)) > 50
-    assert any(n.endswith(".weight_packed") for n in check_checkpoint(int4_checkpoint))
+    assert len(check_headers(tiny_model_dir)) > 50
+    assert any(n.endswith(".weight_packed") for n in check_headers(int4_checkpoint))
 
 
 # ---- the CLI: exit 2, one line, no traceback, results untouched ----

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import compose
+from harness.config.schema import compose
 from tests.test_bad_input import _copy_model, _edit_config, _preflight, _refusal, int4_checkpoint  # noqa: F401
+
 
 def test_port_in_use_is_refused(tmp_path):
     with socket.socket() as listener:
@@ -26,8 +27,7 @@ def test_port_in_use_is_refused(tmp_path):
 
 def test_checkpoint_estimate_matches_real_builds(tiny_model_dir, int4_checkpoint):
     from compress.configs import config_from_name
-
-    from harness.input_checks import SIDE_FILES_MARGIN_BYTES, estimate_checkpoint_bytes
+    from harness.build.disk import SIDE_FILES_MARGIN_BYTES, estimate_checkpoint_bytes
 
     estimate = estimate_checkpoint_bytes(tiny_model_dir, config_from_name("w4a16_rtn")) - SIDE_FILES_MARGIN_BYTES
     actual = sum(p.stat().st_size for p in int4_checkpoint.glob("*.safetensors"))
@@ -72,7 +72,7 @@ def test_code_in_model_folder_is_named_and_left_unimported(tmp_path, tiny_model_
 
 
 def test_secrets_are_redacted_from_the_recorded_config():
-    from harness.__main__ import config_dict
+    from harness.record.result import config_dict
 
     run = compose(["+variant=bf16", "serve.api_key=sk-do-not-store", "+serve.env.HF_TOKEN=hf_do_not_store",
                    "+serve.env.VLLM_LOGGING_LEVEL=DEBUG"])
@@ -84,8 +84,7 @@ def test_secrets_are_redacted_from_the_recorded_config():
 def test_damaged_cached_build_is_refused_before_serving(tmp_path, tiny_model_dir):
     from compress import compress_checkpoint
     from compress.configs import config_from_name, config_to_dict
-
-    from harness.build import cache_key
+    from harness.build.variant import cache_key
 
     config = config_from_name("fp8_dynamic")
     cached = tmp_path / "cache" / f"fp8_dynamic-{cache_key(tiny_model_dir, {'scheme': 'fp8_dynamic', **config_to_dict(config)})}"

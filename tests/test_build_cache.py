@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.build import build_variant
-from harness.checkpoint_check import check_checkpoint
-from harness.config import compose
+from harness.build.headers import check_headers
+from harness.build.variant import build_variant
+from harness.config.schema import compose
 
 REPO = Path(__file__).resolve().parents[1]
 Q_PROJ = "model.language_model.layers.0.self_attn.q_proj.weight"
@@ -69,8 +69,8 @@ def test_changing_a_compress_parameter_builds_a_new_variant_and_keeps_the_old(tm
     before = _state(default)
     dense_qkv = _build(cache, "compress.include_qkv=false")
     assert dense_qkv != default and dense_qkv.parent == default.parent
-    assert check_checkpoint(default)[Q_PROJ].dtype == "F8_E4M3"
-    assert check_checkpoint(dense_qkv)[Q_PROJ].dtype != "F8_E4M3"  # built with the new parameter
+    assert check_headers(default)[Q_PROJ].dtype == "F8_E4M3"
+    assert check_headers(dense_qkv)[Q_PROJ].dtype != "F8_E4M3"  # built with the new parameter
     assert _recipe(dense_qkv)["steps"][-1]["config"]["include_qkv"] is False
     assert _state(default) == before
     assert _build(cache) == default and _state(default) == before  # going back reuses the first build
@@ -78,7 +78,6 @@ def test_changing_a_compress_parameter_builds_a_new_variant_and_keeps_the_old(tm
 
 def test_a_different_base_model_builds_anew(tmp_path, tiny_model_dir):
     from compress.lineage import checkpoint_hash
-
     from harness.tiny.build import TinySpec, build_random_tiny
 
     cache = tmp_path / "cache"
@@ -92,7 +91,6 @@ def test_a_different_base_model_builds_anew(tmp_path, tiny_model_dir):
 
 def test_a_base_model_with_other_weights_of_the_same_shape_builds_anew(tmp_path, tiny_model_dir):
     from compress.lineage import checkpoint_hash
-
     from harness.tiny.build import build_random_tiny
 
     cache = tmp_path / "cache"
@@ -105,25 +103,25 @@ def test_a_base_model_with_other_weights_of_the_same_shape_builds_anew(tmp_path,
 
 
 def test_a_change_to_the_compress_code_builds_anew(tmp_path, monkeypatch):
-    import harness.build
+    import harness.build.variant
 
     cache = tmp_path / "cache"
     first = _build(cache)
     changed = tmp_path / "compress"
-    shutil.copytree(harness.build.COMPRESS_SRC, changed, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(harness.build.variant.COMPRESS_SRC, changed, ignore=shutil.ignore_patterns("__pycache__"))
     with (changed / "fp8.py").open("a") as handle:
         handle.write("\n# a change to the FP8 code\n")
-    monkeypatch.setattr(harness.build, "COMPRESS_SRC", changed)
+    monkeypatch.setattr(harness.build.variant, "COMPRESS_SRC", changed)
     second = _build(cache)
-    assert second != first and check_checkpoint(second)
+    assert second != first and check_headers(second)
     assert _builds(cache) == sorted([first.name, second.name])
 
 
 # A build process that dies (SIGKILL, power loss) at the call of `function` in compress/`module`.
 _KILLED_BUILD = """
 import os, signal, sys
-from harness.build import build_variant
-from harness.config import compose
+from harness.build.variant import build_variant
+from harness.config.schema import compose
 
 cache, module, function = sys.argv[1:]
 run = compose(["+variant=fp8_dynamic", f"cache_dir={cache}"])
@@ -154,10 +152,37 @@ def test_a_build_killed_midway_is_redone_on_the_next_build(tmp_path, module, fun
     assert folder.name + ".partial" == partial.name  # the same variant, built this time
     assert logs[0].startswith("build: compressing")
     assert not partial.exists() and _builds(cache) == [folder.name]
-    assert check_checkpoint(folder)[Q_PROJ].dtype == "F8_E4M3"
+    assert check_headers(folder)[Q_PROJ].dtype == "F8_E4M3"
     assert _recipe(folder)["steps"][-1]["config"]["scheme"] == "fp8_dynamic"
 
     clean = _build(tmp_path / "clean-cache")
     ours, theirs = _tensors(folder), _tensors(clean)
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)  # the same checkpoint as an uninterrupted build
+
+
+def test_the_key_of_a_calibrated_build_covers_its_calibration_data(tiny_model_dir):
+    from harness.build.variant import cache_key
+
+    params = {"scheme": "w4a16_gptq", "num_samples": 8}
+    assert cache_key(tiny_model_dir, params, calibration="suite-v1") == cache_key(tiny_model_dir, params,
+                                                                                    calibration="suite-v1")
+    assert cache_key(tiny_model_dir, params, calibration="suite-v1") != cache_key(tiny_model_dir, params,
+                                                                                    calibration="suite-v2")
+
+
+def test_a_large_weight_file_is_fingerprinted_by_samples_that_see_a_retrain(tmp_path):
+    """Past FULL_HASH_BYTES only samples are read (a 16 GB model is checked at every run); a
+    retrain changes bytes everywhere, so any sample sees it."""
+    from harness.build.variant import FULL_HASH_BYTES, _weights_digest
+
+    size = FULL_HASH_BYTES + 2**20
+    paths = [tmp_path / f"{name}.safetensors" for name in ("a", "b", "c")]
+    for path in paths:
+        with path.open("wb") as f:
+            f.truncate(size)  # sparse zeros
+    with paths[2].open("r+b") as f:  # "retrained": other bytes in the middle
+        f.seek(size // 2)
+        f.write(b"\x01" * 2**20)
+    assert _weights_digest(paths[0]) == _weights_digest(paths[1])
+    assert _weights_digest(paths[0]) != _weights_digest(paths[2])

@@ -10,6 +10,7 @@ import torch
 
 from compress import Fp8DynamicConfig, W4A16GptqConfig, W4A16RtnConfig, W8A8Int8Config, compress_, config_from_name
 from compress.plan import plan_modules, resolve
+from harness.build.calibration import suite_source
 
 GEMMA4 = "model.language_model.layers.3."
 SHAPE = (256, 128)
@@ -97,9 +98,9 @@ def tiny_model(tiny_model_dir):
 def calibration(tiny_model_dir):
     from transformers import AutoProcessor
 
-    from compress.calibration import processor_inputs, suite_pairs
+    from compress.calibration import processor_inputs
 
-    return processor_inputs(AutoProcessor.from_pretrained(tiny_model_dir), suite_pairs(8, seed=0))
+    return processor_inputs(AutoProcessor.from_pretrained(tiny_model_dir), suite_source().pairs(8, 0))
 
 
 def test_compress_replaces_selected_weights_with_their_dequantized_values(tiny_model):

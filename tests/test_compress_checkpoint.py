@@ -14,6 +14,7 @@ from compress import compress_checkpoint, config_from_name
 from compress.codecs import decode
 from compress.plan import resolve
 from compress.schemes import layer_spec
+from harness.build.calibration import suite_source
 
 # Floors on weight SQNR = 10 log10(sum w^2 / sum (w - dequant(w))^2) over each quantized
 # layer. Rounding noise alone predicts ~29 dB for e4m3 (3 mantissa bits), ~40 dB for int8
@@ -38,7 +39,7 @@ def compressed(tiny_model_dir, tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("compressed")
     params = {"w4a16_gptq": {"num_samples": 8}}
-    return {s: compress_checkpoint(tiny_model_dir, root / s, config_from_name(s, **params.get(s, {})))
+    return {s: compress_checkpoint(tiny_model_dir, root / s, config_from_name(s, **params.get(s, {})), suite_source())
             for s in SQNR_FLOOR_DB}
 
 

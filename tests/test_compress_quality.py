@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from harness.workloads.base import load_samples
+from harness.replay.workloads.base import load_samples
 
 N_SAMPLES = 40  # ten per task family
 SERVED = ("fp8_dynamic", "w8a8_int8")  # the schemes CPU vLLM has kernels for
@@ -24,8 +24,8 @@ def samples():
 
 
 def _replay_greedy(target, samples):
-    from harness.config import compose
-    from harness.replay import replay
+    from harness.config.schema import compose
+    from harness.replay.client import replay
 
     run = compose(["sampling=greedy"])
     return replay(target, samples, run.workload, run.sampling, show_progress=False).records
@@ -39,8 +39,8 @@ def served_records(served_tiny, checkpoints, samples, tmp_path_factory):
     server start here, served with the same settings and dtype as the dense one, at DEBUG
     log level so that ``served_logs`` can show which kernel served each layer.
     """
-    from harness.config import compose
-    from harness.server import VllmServer
+    from harness.config.schema import compose
+    from harness.serve.vllm import VllmServer
 
     run = compose(["serve.startup_timeout_s=300", "+serve.env.VLLM_LOGGING_LEVEL=DEBUG"])
     records = {"bf16": _replay_greedy(served_tiny.target, samples)}
@@ -82,7 +82,7 @@ def _vllm_name(name: str, names: set[str]) -> str:
 @pytest.mark.server
 @pytest.mark.parametrize("scheme", SERVED)
 def test_served_variant_accuracy_is_within_a_few_points_of_bf16(served_records, samples, scheme):
-    from harness.quality import score
+    from harness.score.quality import score
 
     dense, variant = score(samples, served_records["bf16"]), score(samples, served_records[scheme])
     assert variant.counts["error"] == 0 and variant.counts["truncated"] == 0
@@ -91,7 +91,7 @@ def test_served_variant_accuracy_is_within_a_few_points_of_bf16(served_records, 
 
 @pytest.mark.server
 def test_offline_dense_answers_match_vllm_greedy_answers(served_records, tiny_model_dir, samples):
-    from harness.offline_eval import generate_records, load_model
+    from harness.score.offline import generate_records, load_model
 
     offline = generate_records(*load_model(tiny_model_dir, "bfloat16"), samples)
     served = {r.id: r.output_text.strip() for r in served_records["bf16"]}
@@ -102,7 +102,7 @@ def test_offline_dense_answers_match_vllm_greedy_answers(served_records, tiny_mo
 @pytest.fixture(scope="module")
 def kl_by_scheme(tiny_model_dir, checkpoints, samples):
     """Scheme -> mean KL(dense || variant) in nats over the suite prompts' text positions."""
-    from harness.offline_eval import kl_per_position, load_model, next_token_log_probs
+    from harness.score.offline import kl_per_position, load_model, next_token_log_probs
 
     dense = next_token_log_probs(*load_model(tiny_model_dir), samples)
     out = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import ConfigError, RunConfig, compose, group_options, to_compress_config, to_run_config
+from harness.config.schema import ConfigError, RunConfig, compose, group_options, to_compress_config, to_run_config
 
 GROUPS = ("model", "compress", "serve", "workload", "sampling", "energy", "quality")
 
@@ -113,7 +113,7 @@ def test_plain_mapping_converts_like_a_dictconfig() -> None:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from harness.config import CONF_DIR
+    from harness.config.schema import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=["+variant=fp8"])
@@ -148,7 +148,7 @@ def test_compose_works_inside_a_running_hydra_app() -> None:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from harness.config import CONF_DIR
+    from harness.config.schema import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         assert compose(["+variant=fp8"]).name == "fp8"
@@ -157,7 +157,7 @@ def test_compose_works_inside_a_running_hydra_app() -> None:
 
 
 def test_a_baseline_shares_the_setup_but_not_the_variant_identity_or_compression() -> None:
-    from harness.__main__ import baseline_overrides
+    from harness.score.baseline import baseline_overrides
 
     given = ["+variant=flap_global", "name=flap_bias", "compress.ratio=0.7", "compress=flap", "~compress.seed",
              "workload.limit=200", "sampling=greedy", "model.path=/m", "serve.max_num_seqs=4"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.build.calibration import suite_source
 from tests.procs import run_cli
 
 torch = pytest.importorskip("torch")
@@ -24,10 +25,10 @@ def pruned_and_distilled(tiny_model_dir: Path, tmp_path_factory) -> tuple[Path, 
     # Half the FFN channels, no layer protected: a pruning that visibly moves the outputs.
     pruned = prune_checkpoint(tiny_model_dir, root / "pruned",
                               FlapConfig(mode="global", ratio=0.5, multiple=32, max_layer_ratio=0.75,
-                                         protect_roles=(), num_samples=32))
+                                         protect_roles=(), num_samples=32), suite_source())
     distilled = distill_checkpoint(tiny_model_dir, pruned, root / "distilled",
                                    DistillConfig(steps=40, batch_size=8, lr=1e-4, num_samples=96, eval_samples=24),
-                                   log=lambda _: None)
+                                   source=suite_source(), log=lambda _: None)
     return tiny_model_dir, pruned, distilled
 
 
@@ -67,7 +68,7 @@ def test_a_quantized_student_is_refused(pruned_and_distilled, tmp_path):
     dense, pruned, _ = pruned_and_distilled
     quantized = compress_checkpoint(pruned, tmp_path / "q", config_from_name("w8a8_int8"))
     with pytest.raises(ValueError, match="distil the pruned checkpoint before quantizing"):
-        distill_checkpoint(dense, quantized, tmp_path / "out", DistillConfig(steps=1))
+        distill_checkpoint(dense, quantized, tmp_path / "out", DistillConfig(steps=1), source=suite_source())
     assert not (tmp_path / "out").exists()
 
 
@@ -75,7 +76,7 @@ def test_prune_distill_w4a16_variant_builds_three_steps_and_is_scored(tmp_path):
     """The variant end to end through the CLI: on an AVX2 CPU it is built and scored offline."""
     import sys
 
-    from harness.platform import detect_platform
+    from harness.serve.capabilities import detect_platform
 
     repo = Path(__file__).resolve().parents[1]
     cache = tmp_path / "cache"

@@ -122,7 +122,7 @@ def test_unknown_variant_lists_the_variants(tmp_path):
 
 
 def test_missing_kernel_stops_before_serving_and_scores_the_checkpoint_offline(tmp_path):
-    from harness.platform import detect_platform
+    from harness.serve.capabilities import detect_platform
 
     if detect_platform().avx512:
         pytest.skip("this CPU has the AVX-512 int4 kernel")
@@ -146,7 +146,7 @@ def test_missing_kernel_stops_before_serving_and_scores_the_checkpoint_offline(t
 @pytest.mark.server
 def test_int4_is_served_by_vllm_on_an_avx512_cpu(main_job, tmp_path):
     """The AVX-512 half of the int4 plan: built, served through vLLM, measured and gated (AVX2: the test above)."""
-    from harness.platform import detect_platform
+    from harness.serve.capabilities import detect_platform
 
     if not detect_platform().avx512:
         pytest.skip("this CPU has no AVX-512 int4 kernel: the offline path is tested instead")

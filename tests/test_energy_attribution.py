@@ -6,7 +6,7 @@ import pytest
 
 from harness.energy.attribution import per_request_energy_j
 from harness.energy.base import Meter
-from harness.replay import RequestRecord
+from harness.replay.client import RequestRecord
 
 # Power drawn in each second of the trace, [0, 1), [1, 2), ... [9, 10) (watts): steps make a
 # piece's energy depend on where it lies, so attributing the wrong piece changes the answer.

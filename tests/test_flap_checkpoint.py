@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from compress import compress_checkpoint, config_from_name
 from compress.pruned_hf import PrunedLoadError, load_pruned
+from harness.build.calibration import suite_source
 
 torch.set_num_threads(1)
 MLP = "model.language_model.layers.{i}.mlp.{p}"
@@ -35,8 +36,8 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 def _inputs(model_dir: Path) -> dict:
     from transformers import AutoProcessor
 
+    from harness.replay.workloads.base import load_samples
     from harness.tiny.train import encode
-    from harness.workloads.base import load_samples
 
     batch = encode(AutoProcessor.from_pretrained(model_dir), load_samples(0, "test", 1))
     batch.pop("labels")
@@ -45,7 +46,7 @@ def _inputs(model_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def pruned(tiny_model_dir, tmp_path_factory) -> Path:
-    return compress_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("flap") / "pruned", _flap())
+    return compress_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("flap") / "pruned", _flap(), suite_source())
 
 
 def test_pruned_folder_follows_the_contract(pruned, tiny_model_dir):
@@ -115,7 +116,7 @@ def test_a_missing_bias_or_a_wrong_width_refuses_to_load(pruned, tmp_path):
 
 
 def test_quantizing_a_pruned_checkpoint_keeps_bias_widths_and_flags(pruned, tmp_path):
-    from harness.offline_eval import load_model
+    from harness.score.offline import load_model
 
     out = compress_checkpoint(pruned, tmp_path / "fp8", config_from_name("fp8_dynamic", include_qkv=False))
     config, before, after = json.loads((out / "config.json").read_text()), _tensors(pruned), _tensors(out)
@@ -132,12 +133,12 @@ def test_quantizing_a_pruned_checkpoint_keeps_bias_widths_and_flags(pruned, tmp_
 
 def test_prune_then_fp8_steps_build_one_folder_with_one_lineage(tiny_model_dir, pruned, tmp_path):
     from compress.readback import dequantized_weights
-    from harness.offline_eval import load_model
+    from harness.score.offline import load_model
 
     steps = config_from_name("steps", steps=[{"scheme": "flap", "mode": "schedule", "schedule": SCHEDULE, "multiple": 32,
                                               "protect_roles": [], "num_samples": 8},
                                              {"scheme": "fp8_dynamic", "include_qkv": False}])
-    out = compress_checkpoint(tiny_model_dir, tmp_path / "composite", steps)
+    out = compress_checkpoint(tiny_model_dir, tmp_path / "composite", steps, suite_source())
     assert not (tmp_path / "composite.partial").exists()
     recipe = json.loads((out / "recipe.json").read_text())
     assert [s["step"] for s in recipe["steps"]] == ["prune", "compress"]
@@ -159,9 +160,31 @@ def test_cli_prunes_by_magnitude(tiny_model_dir, tmp_path):
     assert all(s % 32 == 0 for s in sizes) and sum(sizes) < 4 * 256
 
 
+def test_flap_scores_need_calibration_data_compress_does_not_invent(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="flap needs calibration data"):
+        compress_checkpoint(tiny_model_dir, tmp_path / "none", _flap())
+    assert not (tmp_path / "none").exists()
+
+
+def test_cli_prunes_with_calibration_from_a_jsonl_file(tiny_model_dir, tmp_path):
+    source = suite_source()
+    rows = []
+    for i, (image, prompt, answer) in enumerate(source.examples(4, 1)):
+        image.save(tmp_path / f"{i}.png")
+        rows.append(json.dumps({"image": f"{i}.png", "prompt": prompt, "answer": answer}))
+    (tmp_path / "calibration.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "compress", str(tiny_model_dir), str(out), "--scheme", "flap", "--multiple", "32",
+           "--ratio", "0.2", "--num-samples", "4", "--calibration", str(tmp_path / "calibration.jsonl")]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    recipe = json.loads((out / "recipe.json").read_text())
+    calibration = recipe["steps"][-1]["calibration"]
+    assert calibration["source"] == "file calibration.jsonl" and calibration["num_samples"] == 4
+
+
 def test_harness_builds_the_flap_global_variant(tmp_path):
-    from harness.build import build_variant
-    from harness.config import compose
+    from harness.build.variant import build_variant
+    from harness.config.schema import compose
 
     run = compose(["+variant=flap_global", "compress.num_samples=8", f"cache_dir={tmp_path}"])
     folder = build_variant(run, log=lambda msg: None)
@@ -172,8 +195,8 @@ def test_harness_builds_the_flap_global_variant(tmp_path):
 
 
 def test_harness_builds_the_flap_fp8_variant_in_two_steps(tmp_path):
-    from harness.build import build_variant
-    from harness.config import compose
+    from harness.build.variant import build_variant
+    from harness.config.schema import compose
 
     run = compose(["+variant=flap_fp8", "compress.steps.0.num_samples=8", f"cache_dir={tmp_path}"])
     folder = build_variant(run, log=lambda msg: None)
@@ -187,10 +210,10 @@ def test_harness_builds_the_flap_fp8_variant_in_two_steps(tmp_path):
 
 
 def test_calibration_statistics_count_the_chosen_token_positions(tiny_model_dir):
-    from compress.calibration import as_model_inputs, suite_pairs
+    from compress.calibration import as_model_inputs
     from compress.flap_stats import down_proj_stats
 
-    inputs = as_model_inputs(suite_pairs(2, 0), tiny_model_dir)
+    inputs = as_model_inputs(suite_source().pairs(2, 0), tiny_model_dir)
     image_token = json.loads((tiny_model_dir / "config.json").read_text())["image_token_id"]
     total = sum(i["input_ids"].numel() for i in inputs)
     text = sum(int((i["input_ids"] != image_token).sum()) for i in inputs)

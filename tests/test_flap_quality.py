@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from compress import compress_checkpoint, config_from_name
+from harness.build.calibration import suite_source
 
 torch.set_num_threads(1)
 SHARE = 0.5  # every layer loses half its channels: small enough to keep answers, large enough to separate methods
@@ -16,8 +17,8 @@ METHODS = {"flap+bias": {"method": "flap"}, "flap": {"method": "flap", "bias_com
 @pytest.fixture(scope="module")
 def kl_by_method(tiny_model_dir, tmp_path_factory) -> dict[str, float]:
     """Mean next-token KL(dense || pruned), nats per text position, over 40 test items."""
-    from harness.offline_eval import kl_per_position, load_model, next_token_log_probs
-    from harness.workloads.base import load_samples
+    from harness.replay.workloads.base import load_samples
+    from harness.score.offline import kl_per_position, load_model, next_token_log_probs
 
     samples = load_samples(0, "test", 40)
     dense = next_token_log_probs(*load_model(tiny_model_dir), samples)
@@ -26,7 +27,7 @@ def kl_by_method(tiny_model_dir, tmp_path_factory) -> dict[str, float]:
     for name, fields in METHODS.items():
         config = config_from_name("flap", mode="schedule", schedule={4: [SHARE] * 4}, multiple=32,
                                   protect_roles=[], **fields)
-        folder = compress_checkpoint(tiny_model_dir, root / name, config)
+        folder = compress_checkpoint(tiny_model_dir, root / name, config, suite_source())
         pruned = next_token_log_probs(*load_model(folder), samples)
         out[name] = torch.cat([kl_per_position(p, q) for p, q in zip(dense, pruned)]).mean().item()
     return out

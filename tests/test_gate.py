@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.gate import compare_energy, gate
-from harness.quality import ItemScore, aggregate
+from harness.score.gate import compare_energy, gate
+from harness.score.quality import ItemScore, aggregate
 
 
 def report(correct_per_ten: dict[str, int], n_per_task: int, prefix: str = "item", metric: str = "exact"):
@@ -123,7 +123,7 @@ def test_energy_comparison_refuses_what_has_no_interval():
 
 
 def test_runs_with_different_sampling_are_not_gated():
-    from harness.gate import require_same_setup
+    from harness.score.gate import require_same_setup
 
     base = {"model": {"name": "tiny"}, "workload": {"seed": 0, "limit": 40}, "sampling": {"temperature": 1.0}}
     require_same_setup({**base, "variant": "fp8"}, base)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import compose
-from harness.quality import score
-from harness.replay import replay
-from harness.workloads import load_workload
+from harness.config.schema import compose
+from harness.replay.client import replay
+from harness.replay.workloads import load_workload
+from harness.score.quality import score
 from tests.hf_tasks import TASKS
 
 LIMIT = 4

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from harness.config import CONF_DIR
+from harness.config.schema import CONF_DIR
 from tests.procs import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ def _compose(*overrides: str):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from harness.gpu_slots import register_resolvers
+    from harness.serve.gpu_slots import register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()
@@ -36,7 +36,7 @@ def test_gpus_launcher_runs_one_job_per_gpu():
     launcher, cfg = _compose("hydra/launcher=gpus", "hydra.callbacks.gpu_pin.gpus=[0,1,2,3]", "+variant=fp8_dynamic")
     assert launcher["_target_"].endswith("JoblibLauncher")
     assert launcher["n_jobs"] == 4
-    assert cfg.hydra.callbacks.gpu_pin._target_ == "harness.gpu_slots.PinGpu"
+    assert cfg.hydra.callbacks.gpu_pin._target_ == "harness.serve.gpu_slots.PinGpu"
     assert cfg.name == "fp8_dynamic"
 
 
@@ -104,7 +104,7 @@ def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path):
 LEASE_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from harness.gpu_slots import lease_gpu
+    from harness.serve.gpu_slots import lease_gpu
     try:
         gpu = lease_gpu(["a", "b"], Path(sys.argv[1]), wait_s=float(sys.argv[2]))
     except TimeoutError as err:

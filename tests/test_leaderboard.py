@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.leaderboard import gate_text
-from harness.leaderboard_data import bootstrap_ci, build_board
-from harness.leaderboard_plots import pareto_front
+from harness.leaderboard.data import bootstrap_ci, build_board
+from harness.leaderboard.plots import pareto_front
+from harness.leaderboard.report import gate_text
 from tests.real_runs import LIMIT, REPO, real_runs  # noqa: F401 - the shared fixture
 
 pytestmark = pytest.mark.server
@@ -85,7 +85,7 @@ def test_repeated_runs_of_a_variant_are_averaged_with_their_spread(real_runs):
 
 
 def test_rank_puts_gate_passing_variants_first_by_energy():
-    from harness.leaderboard_data import rank
+    from harness.leaderboard.data import rank
 
     table = pd.DataFrame({
         "group": ["G1"] * 4, "variant": ["a", "b", "c", "base"], "suite_energy_j": [5.0, 9.0, 3.0, 10.0],
@@ -118,7 +118,7 @@ def test_cli_writes_table_markdown_and_plots(real_runs, tmp_path):
 
 
 def test_failed_runs_are_listed_apart(real_runs, tmp_path):
-    from harness.results import RunResult, append_row, flat_row, new_run_dir, write_result
+    from harness.record.result import RunResult, append_row, flat_row, new_run_dir, write_result
 
     results = tmp_path / "results"
     shutil.copytree(real_runs, results, ignore=shutil.ignore_patterns("cache"))

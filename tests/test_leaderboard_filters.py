@@ -15,16 +15,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.__main__ import config_dict
-from harness.config import compose
+from harness.config.schema import compose
 from harness.energy.attribution import per_request_energy_j
 from harness.energy.modeled import ModeledMeter
-from harness.leaderboard import main
-from harness.leaderboard_data import build_board
-from harness.provenance import collect, gpu_info
-from harness.replay import RequestRecord
-from harness.request_stats import summarize_requests
-from harness.results import RunResult, append_row, flat_row, new_run_dir, write_jsonl_atomic, write_result
+from harness.leaderboard.data import build_board
+from harness.leaderboard.report import main
+from harness.record.provenance import collect, gpu_info
+from harness.record.result import (
+    RunResult,
+    append_row,
+    config_dict,
+    flat_row,
+    new_run_dir,
+    write_jsonl_atomic,
+    write_result,
+)
+from harness.replay.client import RequestRecord
+from harness.replay.stats import summarize_requests
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml, load_trace
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)

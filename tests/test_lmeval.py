@@ -23,8 +23,8 @@ def _rows(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def synthetic_run(served_tiny, tmp_path_factory):
     """The harness_synthetic task through lm-eval against the shared tiny server."""
-    from harness.config import compose
-    from harness.lmeval import evaluate
+    from harness.config.schema import compose
+    from harness.score.lmeval.engine import evaluate
 
     run_cfg = compose(["quality=lm_eval", f"workload.limit={LIMIT}"])
     run_dir = tmp_path_factory.mktemp("lm-eval-synthetic")
@@ -35,7 +35,7 @@ def synthetic_run(served_tiny, tmp_path_factory):
 
 @pytest.mark.server
 def test_synthetic_task_scores_the_suite_items_and_keeps_every_answer(synthetic_run, served_tiny):
-    from harness.workloads.base import load_samples
+    from harness.replay.workloads.base import load_samples
 
     run_cfg, run_dir, lm_run = synthetic_run
     suite = load_samples(run_cfg.workload.seed, "test", LIMIT)
@@ -50,9 +50,9 @@ def test_synthetic_task_scores_the_suite_items_and_keeps_every_answer(synthetic_
 
 @pytest.mark.server
 def test_lm_eval_score_equals_a_harness_rescore_of_the_same_answers(synthetic_run):
-    from harness.quality import score
-    from harness.replay import RequestRecord
-    from harness.workloads.base import load_samples
+    from harness.replay.client import RequestRecord
+    from harness.replay.workloads.base import load_samples
+    from harness.score.quality import score
 
     run_cfg, run_dir, lm_run = synthetic_run
     records = [RequestRecord(id=r["id"], task=r["item_task"], prompt_tokens=r["prompt_tokens"],
@@ -83,8 +83,8 @@ def test_requests_carry_the_image(served_tiny):
     from lm_eval.api.instance import Instance
     from lm_eval.models.api_models import JsonChatStr
 
-    from harness.lmeval_model import RecordingChatModel
-    from harness.workloads.base import load_samples
+    from harness.replay.workloads.base import load_samples
+    from harness.score.lmeval.model import RecordingChatModel
 
     sample = load_samples(0, "test", 1)[0]
     target = served_tiny.target
@@ -104,10 +104,9 @@ def test_requests_carry_the_image(served_tiny):
 @pytest.mark.server
 def test_builtin_chartqa_task_reads_a_local_copy_of_its_dataset(served_tiny, tmp_path):
     """lm-eval's own chartqa YAML with dataset_path pointed at a local hub-format folder."""
+    from harness.config.schema import compose
+    from harness.score.lmeval.engine import evaluate
     from tests.hf_tasks import CHARTQA_ROWS, chartqa
-
-    from harness.config import compose
-    from harness.lmeval import evaluate
 
     root, _ = chartqa(tmp_path / "ChartQA")
     run_cfg = compose(["quality=lm_eval", "quality.lm_eval.tasks=[chartqa]", "quality.lm_eval.limit=3",
@@ -124,9 +123,9 @@ def test_builtin_chartqa_task_reads_a_local_copy_of_its_dataset(served_tiny, tmp
 
 
 def test_preflight_refuses_a_loglikelihood_task_in_one_sentence():
-    from harness.config import compose
-    from harness.lmeval import check_engine
-    from harness.lmeval_tasks import LmEvalTaskError
+    from harness.config.schema import compose
+    from harness.score.lmeval.engine import check_engine
+    from harness.score.lmeval.tasks import LmEvalTaskError
 
     run_cfg = compose(["quality=lm_eval", "quality.lm_eval.tasks=[gsm8k,arc_challenge]"])
     with pytest.raises(LmEvalTaskError, match=r"arc_challenge .*log-likelihood.*chat-completions") as err:
@@ -135,9 +134,9 @@ def test_preflight_refuses_a_loglikelihood_task_in_one_sentence():
 
 
 def test_preflight_refuses_settings_for_a_task_that_is_not_run():
-    from harness.config import compose
-    from harness.lmeval import check_engine
-    from harness.lmeval_tasks import LmEvalTaskError
+    from harness.config.schema import compose
+    from harness.score.lmeval.engine import check_engine
+    from harness.score.lmeval.tasks import LmEvalTaskError
 
     run_cfg = compose(["quality=lm_eval", "+quality.lm_eval.metrics.chartqa=relaxed_accuracy"])
     with pytest.raises(LmEvalTaskError, match="chartqa"):
@@ -145,9 +144,9 @@ def test_preflight_refuses_settings_for_a_task_that_is_not_run():
 
 
 def test_runs_scored_by_different_engines_or_tasks_are_never_gated_together():
-    from harness.__main__ import config_dict
-    from harness.config import compose
-    from harness.lmeval_config import quality_source
+    from harness.config.schema import compose
+    from harness.record.result import config_dict
+    from harness.score.lmeval.settings import quality_source
 
     def source(*overrides):
         return quality_source(config_dict(compose(list(overrides))))
@@ -159,9 +158,9 @@ def test_runs_scored_by_different_engines_or_tasks_are_never_gated_together():
 
 
 def test_preflight_refuses_a_local_dataset_path_that_does_not_exist(tmp_path):
-    from harness.config import compose
-    from harness.lmeval import check_engine
-    from harness.lmeval_tasks import LmEvalTaskError
+    from harness.config.schema import compose
+    from harness.score.lmeval.engine import check_engine
+    from harness.score.lmeval.tasks import LmEvalTaskError
 
     missing = tmp_path / "ChartQA"
     run_cfg = compose(["quality=lm_eval", "quality.lm_eval.tasks=[chartqa]",
@@ -175,11 +174,11 @@ def test_requests_that_reach_no_server_are_errors_that_score_zero(tmp_path):
     import os
     import socket
 
-    from harness.config import compose
+    from harness.config.schema import compose
     from harness.energy import make_meter
-    from harness.faults import error_rate_failure
-    from harness.lmeval import evaluate
-    from harness.server import ServerTarget
+    from harness.replay.watchdog import error_rate_failure
+    from harness.score.lmeval.engine import evaluate
+    from harness.serve.vllm import ServerTarget
 
     with socket.socket() as sock:  # a port nothing listens on once this socket closes
         sock.bind(("127.0.0.1", 0))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.leaderboard_data import build_board
+from harness.leaderboard.data import build_board
 from harness.merge import MergeError, merge_results
-from harness.results import read_rows
+from harness.record.result import read_rows
 from tests.real_runs import REPO, real_runs  # noqa: F401 - the shared fixture
 
 pytestmark = pytest.mark.server

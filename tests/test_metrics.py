@@ -6,11 +6,18 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness.metrics import (ITEM_METRICS, caption_tokens, check_metric, cider_scores, extract_choice,
-                             vqa_accuracy, vqa_normalize)
-from harness.quality import score
-from harness.tokens import joules_per_output_token, output_tokens, usage_tokens
-from harness.workloads.base import Sample
+from harness.replay.tokens import joules_per_output_token, output_tokens, usage_tokens
+from harness.replay.workloads.base import Sample
+from harness.score.metrics import (
+    ITEM_METRICS,
+    caption_tokens,
+    check_metric,
+    cider_scores,
+    extract_choice,
+    vqa_accuracy,
+    vqa_normalize,
+)
+from harness.score.quality import score
 
 TEN = ["coca cola"] * 3 + ["coke"] * 7
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from compress import config_from_name
-from harness.offline_eval import OfflineEvalError, evaluate_offline, load_model
-from harness.workloads.base import load_samples
+from harness.replay.workloads.base import load_samples
+from harness.score.offline import OfflineEvalError, evaluate_offline, load_model
 
 N_SAMPLES = 40  # ten per task family
 LAYER = "model.language_model.layers.1.mlp.down_proj"

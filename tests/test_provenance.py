@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.provenance import collect, git_info, version_of
+from harness.record.provenance import collect, git_info, version_of
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -62,7 +62,7 @@ def test_no_gpu_is_described_on_a_machine_without_nvidia_devices():
 
 
 def test_gpus_are_described_through_nvml_when_present(monkeypatch):
-    from harness.provenance import gpu_info
+    from harness.record.provenance import gpu_info
     from tests.fakes.fake_nvml import FakeGpu, FakeNvml, load_trace
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -74,10 +74,10 @@ def test_gpus_are_described_through_nvml_when_present(monkeypatch):
 
 
 def test_a_gpu_selection_nvml_cannot_open_is_warned_about(monkeypatch, caplog):
-    from harness.provenance import gpu_info
+    from harness.record.provenance import gpu_info
     from tests.fakes.fake_nvml import FakeGpu, FakeNvml, load_trace
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    with caplog.at_level("WARNING", logger="harness.provenance"):
+    with caplog.at_level("WARNING", logger="harness.record.provenance"):
         assert gpu_info(FakeNvml([FakeGpu(load_trace())])) is None
     assert "CUDA_VISIBLE_DEVICES" in caplog.text

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness.quality import QualityReport, anls, exact_match, levenshtein, normalize, relaxed_match, score
+from harness.score.metrics import anls, exact_match, levenshtein, normalize, relaxed_match
+from harness.score.quality import QualityReport, score
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness.quality import score
-from harness.replay import RequestRecord
-from harness.workloads.base import load_samples
-from harness.workloads.synthetic import FAMILIES
+from harness.replay.client import RequestRecord
+from harness.replay.workloads.base import load_samples
+from harness.replay.workloads.synthetic import FAMILIES
+from harness.score.quality import score
 
 
 def record(sample, text: str, finish_reason: str = "stop", error: str | None = None) -> RequestRecord:

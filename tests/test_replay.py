@@ -9,10 +9,10 @@ import threading
 
 import pytest
 
-from harness.config import compose
-from harness.replay import _arrival_offsets_s, chat_messages, replay
-from harness.server import ServerTarget
-from harness.workloads.base import load_samples
+from harness.config.schema import compose
+from harness.replay.client import _arrival_offsets_s, chat_messages, replay
+from harness.replay.workloads.base import load_samples
+from harness.serve.vllm import ServerTarget
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.gate import gate
-from harness.quality import ItemScore, aggregate
-from harness.request_stats import Counts, Latency, Percentiles, Throughput
-from harness.results import (
+from harness.record.result import (
     RunResult,
     append_row,
     flat_row,
@@ -27,6 +24,9 @@ from harness.results import (
     write_text_atomic,
     write_yaml_atomic,
 )
+from harness.replay.stats import Counts, Latency, Percentiles, Throughput
+from harness.score.gate import gate
+from harness.score.quality import ItemScore, aggregate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +99,7 @@ def test_rows_round_trip_and_a_torn_last_line_is_skipped_and_reported(tmp_path, 
     append_row(path, {"run_id": "b", "suite_energy_j": 12.0})
     with path.open("ab") as handle:
         handle.write(b'{"run_id": "c", "suite_ene')  # a writer killed mid-line
-    with caplog.at_level(logging.WARNING, logger="harness.results"):
+    with caplog.at_level(logging.WARNING, logger="harness.record.result"):
         rows = read_rows(path)
     assert [row["run_id"] for row in rows] == ["a", "b"]
     assert "line 3 skipped" in caplog.text
@@ -121,7 +121,7 @@ def test_append_row_refuses_values_that_are_not_json(tmp_path):
 
 APPENDER = """
 import sys
-from harness.results import append_row
+from harness.record.result import append_row
 worker = int(sys.argv[2])
 for i in range(int(sys.argv[3])):
     append_row(sys.argv[1], {"worker": worker, "i": i, "pad": "x" * 20000})

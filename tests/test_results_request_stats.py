@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from harness.request_stats import percentiles, summarize_requests
+from harness.replay.stats import percentiles, summarize_requests
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from rich.console import Console
-
-from harness.gate import compare_energy, gate
-from harness.quality import ItemScore, aggregate
-from harness.summary import print_summary
 from test_results import make_result
+
+from harness.record.summary import print_summary
+from harness.score.gate import compare_energy, gate
+from harness.score.quality import ItemScore, aggregate
 
 
 def render(result, run_dir=None) -> str:
@@ -59,7 +59,7 @@ def test_summary_of_a_failed_run_without_baseline():
 
 
 def test_an_infinite_ratio_survives_result_json_and_the_summary(tmp_path):
-    from harness.results import load_result, write_result
+    from harness.record.result import load_result, write_result
 
     baseline = aggregate("exact", [ItemScore(f"i{i}", "corner", 0.0, "scored") for i in range(10)])
     variant = aggregate("exact", [ItemScore(f"i{i}", "corner", float(i < 3), "scored") for i in range(10)])

@@ -12,8 +12,9 @@ import httpx
 import pytest
 import yaml
 
-from harness.config import compose
-from harness.server import ServerError, VllmServer
+from harness.config.schema import compose
+from harness.errors import ServerError
+from harness.serve.vllm import VllmServer
 from tests.procs import group_alive, spawn
 
 pytestmark = pytest.mark.server
@@ -77,8 +78,8 @@ def test_early_exit_is_reported_with_log_tail(tmp_path: Path) -> None:
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from harness.config import compose
-from harness.server import VllmServer
+from harness.config.schema import compose
+from harness.serve.vllm import VllmServer
 run = compose(["serve.startup_timeout_s=300"])
 with VllmServer(Path(sys.argv[1]), run.serve, Path(sys.argv[2]), served_model_name="held"):
     time.sleep(600)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import compose
-from harness.platform import Platform, check_platform
-from harness.server import vllm_args, write_vllm_config
+from harness.config.schema import compose
+from harness.serve.capabilities import Platform, check_platform
+from harness.serve.vllm import vllm_args, write_vllm_config
 
 AVX2_CPU = Platform("cpu", frozenset({"avx2"}))
 L4 = Platform("cuda", frozenset(), "NVIDIA L4", (8, 9))

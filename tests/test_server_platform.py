@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import compose
-from harness.platform import Platform, PlatformError, check_platform, detect_platform
+from harness.config.schema import compose
+from harness.errors import PlatformError
+from harness.serve.capabilities import Platform, check_platform, detect_platform
 
 AVX2_CPU = Platform("cpu", frozenset({"avx2", "fma", "sse4_2"}))
 AVX512_CPU = Platform("cpu", frozenset({"avx2", "avx512f", "avx512bw"}))

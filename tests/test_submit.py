@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.submit_check import check_folder
+from harness.submit.check import check_folder
 from tests.procs import run_cli
 from tests.real_runs import COMMON, REPO, real_runs  # noqa: F401 - the shared fixture
 

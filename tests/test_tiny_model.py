@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from harness.replay.workloads.base import build_dataset, load_samples
+from harness.replay.workloads.synthetic import FAMILIES
 from harness.tiny import DEFAULT_MODEL_DIR
-from harness.workloads.base import build_dataset, load_samples
-from harness.workloads.synthetic import FAMILIES
 
 
 def test_suite_is_deterministic_balanced_and_splits_are_disjoint():
@@ -53,9 +53,9 @@ def test_tiny_model_has_e4b_structure():
 
 @pytest.mark.server
 def test_served_tiny_model_answers_suite_items(served_tiny):
-    from harness.config import compose
-    from harness.quality import score
-    from harness.replay import replay
+    from harness.config.schema import compose
+    from harness.replay.client import replay
+    from harness.score.quality import score
 
     run = compose(["sampling=greedy", "sampling.max_tokens=8", "workload.warmup_requests=0"])
     samples = load_samples(0, "test", 16)

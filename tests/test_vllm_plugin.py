@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.build.calibration import suite_source
 from tests.procs import run_cli
 from tests.pruned_tiny import down_proj_input_stats, edit_weights, load_reference, make_pruned
 
@@ -30,7 +31,7 @@ PROBE = Path(__file__).with_name("vllm_build_probe.py")
 
 @pytest.fixture(scope="module")
 def samples():
-    from harness.workloads.base import load_samples
+    from harness.replay.workloads.base import load_samples
 
     return load_samples(0, "test", N_SAMPLES)
 
@@ -38,7 +39,7 @@ def samples():
 @pytest.fixture(scope="module")
 def pruned_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model FLAP-pruned to WIDTHS, compensation biases from 8 train-split prompts."""
-    from harness.workloads.base import load_samples
+    from harness.replay.workloads.base import load_samples
 
     stats = down_proj_input_stats(tiny_model_dir, load_samples(0, "train", 8))
     return make_pruned(tiny_model_dir, tmp_path_factory.mktemp("flap") / "pruned", WIDTHS, stats)
@@ -48,9 +49,9 @@ def _serve_and_ask(model_dir: Path, samples, run_dir: Path) -> dict:
     """Greedy answers and first-token top log-probabilities from a real vLLM server (float32)."""
     import openai
 
-    from harness.config import compose
-    from harness.replay import chat_messages
-    from harness.server import VllmServer
+    from harness.config.schema import compose
+    from harness.replay.client import chat_messages
+    from harness.serve.vllm import VllmServer
 
     run = compose(["serve.startup_timeout_s=600"])
     answers = {}
@@ -69,7 +70,7 @@ def _serve_and_ask(model_dir: Path, samples, run_dir: Path) -> dict:
 
 def _reference(model_dir: Path, samples, zero_bias: bool = False) -> dict:
     """transformers' greedy answers, prompt lengths and first-token log-softmax per sample."""
-    from harness.offline_eval import generate_records
+    from harness.score.offline import generate_records
     from harness.tiny.train import encode
 
     model, processor = load_reference(model_dir, zero_bias=zero_bias)
@@ -103,24 +104,25 @@ def test_plugin_entry_point_is_installed_and_importing_it_does_not_import_vllm()
 
 
 def test_platform_check_passes_pruned_and_stock_checkpoints(pruned_dir, tiny_model_dir):
-    from harness.platform import check_checkpoint
+    from harness.serve.capabilities import check_plugin_support
 
-    check_checkpoint(pruned_dir, {})
-    check_checkpoint(tiny_model_dir, {"VLLM_PLUGINS": ""})  # stock Gemma 4 needs no plugin
+    check_plugin_support(pruned_dir, {})
+    check_plugin_support(tiny_model_dir, {"VLLM_PLUGINS": ""})  # stock Gemma 4 needs no plugin
 
 
 @pytest.mark.parametrize("value", ["", "some_other_plugin", "some_other_plugin, flap_gemma4"])
 def test_platform_check_refuses_a_pruned_checkpoint_vllm_would_not_load_the_plugin_for(pruned_dir, value):
-    from harness.platform import PlatformError, check_checkpoint
+    from harness.errors import PlatformError
+    from harness.serve.capabilities import check_plugin_support
 
     with pytest.raises(PlatformError, match="add flap_gemma4 to it or unset it"):
-        check_checkpoint(pruned_dir, {"VLLM_PLUGINS": value})
+        check_plugin_support(pruned_dir, {"VLLM_PLUGINS": value})
 
 
 def test_server_refuses_a_pruned_checkpoint_without_widths_before_starting_vllm(broken_dirs, tmp_path):
-    from harness.config import compose
-    from harness.platform import PlatformError
-    from harness.server import VllmServer
+    from harness.config.schema import compose
+    from harness.errors import PlatformError
+    from harness.serve.vllm import VllmServer
 
     server = VllmServer(broken_dirs["no_widths"], compose([]).serve, tmp_path, served_model_name="m")
     with pytest.raises(PlatformError, match="no text_config.intermediate_sizes: re-export"):
@@ -129,14 +131,15 @@ def test_server_refuses_a_pruned_checkpoint_without_widths_before_starting_vllm(
 
 
 def test_platform_check_refuses_a_pruned_checkpoint_with_the_stock_architecture(pruned_dir, tmp_path):
-    from harness.platform import PlatformError, check_checkpoint
+    from harness.errors import PlatformError
+    from harness.serve.capabilities import check_plugin_support
 
     folder = shutil.copytree(pruned_dir, tmp_path / "stock-arch")
     config = json.loads((folder / "config.json").read_text())
     config["architectures"] = ["Gemma4ForConditionalGeneration"]
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(PlatformError, match=r'set "architectures": \["FlapGemma4ForConditionalGeneration"\]'):
-        check_checkpoint(folder, {})
+        check_plugin_support(folder, {})
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +246,7 @@ def test_project_pruner_then_fp8_dynamic_is_served_through_the_plugin(tiny_model
 
     root = tmp_path_factory.mktemp("flap-fp8")
     pruned = compress_checkpoint(tiny_model_dir, root / "pruned",
-                                 FlapConfig(ratio=0.3, multiple=32, num_samples=8, protect_roles=()))
+                                 FlapConfig(ratio=0.3, multiple=32, num_samples=8, protect_roles=()), suite_source())
     widths = json.loads((pruned / "config.json").read_text())["text_config"]["intermediate_sizes"]
     assert min(widths) < 256 and all(w % 32 == 0 for w in widths)  # the pruner really removed channels
     quantized = compress_checkpoint(pruned, root / "fp8", config_from_name("fp8_dynamic"))

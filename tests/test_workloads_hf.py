@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import ConfigError, compose
-from harness.workloads import load_workload
+from harness.config.schema import ConfigError, compose
+from harness.replay.workloads import load_workload
 from tests.hf_tasks import CHARTQA_ROWS, TASKS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_the_synthetic_suite_refuses_a_dataset_split() -> None:
 
 
 def test_a_hub_dataset_missing_offline_asks_for_a_local_path(tmp_path) -> None:
-    code = ("from harness.config import compose; from harness.workloads import load_workload\n"
+    code = ("from harness.config.schema import compose; from harness.replay.workloads import load_workload\n"
             "load_workload(compose(['workload=mmmu']).workload)")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -129,7 +129,7 @@ def test_a_budget_sweep_is_one_multirun_of_three_configs() -> None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from harness.server import vllm_args
+    from harness.serve.vllm import vllm_args
 
     line = ["+variant=bf16", "workload=chartqa", "serve.max_soft_tokens=70,140,280"]
     [jobs] = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(line), max_batch_size=None)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.build import BuildError
+from harness.errors import BuildError
 
 INDEX = "model.safetensors.index.json"
 # Bytes per element of each safetensors dtype.
@@ -36,7 +36,7 @@ class TensorInfo:
     nbytes: int
 
 
-def check_checkpoint(folder: Path | str) -> dict[str, TensorInfo]:
+def check_headers(folder: Path | str) -> dict[str, TensorInfo]:
     """Refuses a folder that is not a usable vision-language checkpoint; returns its tensors.
 
     Checks: config.json parses and names an image-text model; weights exist as safetensors;

@@ -6,17 +6,20 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
-from harness.atomic_io import write_text_atomic
-from harness.config import CompressSpec, RunConfig, to_compress_config
+from compress.configs import calibrates, config_to_dict
+from harness.build.calibration import suite_source
+from harness.build.disk import require_space
+from harness.build.headers import check_headers
+from harness.config.schema import CompressSpec, RunConfig, to_compress_config
+from harness.errors import BuildError
 
-COMPRESS_SRC = Path(__file__).resolve().parents[1] / "compress"
-FINGERPRINTS = "fingerprints.json"  # in cache_dir: weight-file digests by path, size and mtime
-_DIGESTS: dict[str, dict] = {}  # the same, for this process
+COMPRESS_SRC = Path(__file__).resolve().parents[2] / "compress"
+# What a base model's fingerprint reads of each weight file (see _weights_digest).
+FULL_HASH_BYTES = 64 * 2**20
+SAMPLES, SAMPLE_BYTES = 64, 64 * 2**10
 
-
-class BuildError(RuntimeError):
-    """The base model cannot be found or the variant cannot be built; says how to fix it."""
 
 
 def local_model_dir(path_or_id: str) -> Path:
@@ -50,43 +53,35 @@ def check_model(path_or_id: str) -> None:
         raise BuildError(f"model folder {path_or_id} does not exist{hint}: set model.path to a checkpoint folder or hub id")
 
 
-def fingerprint(model_dir: Path, memo: Path | None = None) -> str:
+def fingerprint(model_dir: Path) -> str:
     """Hash of a checkpoint folder's config.json and of its weight files' contents.
 
     Contents, not names and sizes: a retrained or fine-tuned model of the same shape must
-    not be handed another model's build. Hashing a 16 GB checkpoint takes a while, so each
-    file's digest is remembered in ``memo`` (a JSON file) under its path, size and mtime and
-    recomputed only when one of those changes (the file is written only where cache_dir
-    already exists: a refused run creates nothing).
+    not be handed another model's build (see _weights_digest for what is read).
     """
-    known = {**_read_memo(memo), **_DIGESTS}
     digest = hashlib.sha256((model_dir / "config.json").read_bytes())
     for weights in sorted(model_dir.glob("*.safetensors")):
-        stat = weights.stat()
-        where, stamp = str(weights.resolve()), [stat.st_size, stat.st_mtime_ns]
-        entry = known.get(where)
-        if entry is None or entry["stamp"] != stamp:
-            entry = known[where] = {"stamp": stamp, "sha256": _file_sha256(weights)}
-        digest.update(f"{weights.name}:{entry['sha256']}".encode())
-    _DIGESTS.update(known)
-    if memo is not None and memo.parent.is_dir():
-        write_text_atomic(memo, json.dumps(known, indent=1, sort_keys=True))
+        digest.update(f"{weights.name}:{_weights_digest(weights)}".encode())
     return digest.hexdigest()[:16]
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _weights_digest(path: Path) -> str:
+    """sha256 of a weight file: all of it up to FULL_HASH_BYTES, else its size and SAMPLES
+    evenly spaced SAMPLE_BYTES pieces (the first and the last included).
+
+    Training changes nearly every weight, so a retrained or fine-tuned model differs in every
+    piece; reading 4 MiB keeps a 16 GB checkpoint's check (run at every preflight) cheap.
+    """
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
+        if size <= FULL_HASH_BYTES:
+            digest.update(f.read())
+            return digest.hexdigest()
+        for i in range(SAMPLES):
+            f.seek((size - SAMPLE_BYTES) * i // (SAMPLES - 1))
+            digest.update(f.read(SAMPLE_BYTES))
     return digest.hexdigest()
-
-
-def _read_memo(memo: Path | None) -> dict:
-    try:
-        return json.loads(memo.read_text()) if memo is not None else {}
-    except (OSError, ValueError):  # absent or damaged: the digests are simply recomputed
-        return {}
 
 
 def code_version() -> str:
@@ -98,19 +93,18 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(model_dir: Path, compress_params: dict, memo: Path | None = None) -> str:
-    """Key of a built variant: (base model, compress config, code version)."""
-    blob = json.dumps({"model": fingerprint(model_dir, memo), "compress": compress_params, "code": code_version()},
-                      sort_keys=True, default=str)
+def cache_key(model_dir: Path, compress_params: dict, calibration: str | None = None) -> str:
+    """Key of a built variant: (base model, compress config, code version, calibration data)."""
+    blob = json.dumps({"model": fingerprint(model_dir), "compress": compress_params, "code": code_version(),
+                       "calibration": calibration}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def cached_build_dir(run: RunConfig, spec: CompressSpec, src: Path, config) -> Path:
     """Where the build of ``spec`` from the base model folder ``src`` lives in run.cache_dir."""
-    from compress.configs import config_to_dict  # lazy: compress imports torch
-
     cache = Path(run.cache_dir)
-    key = cache_key(src, {"scheme": spec.scheme, **config_to_dict(config)}, memo=cache / FINGERPRINTS)
+    data = suite_source().fingerprint if calibrates(config) else None
+    key = cache_key(src, {"scheme": spec.scheme, **config_to_dict(config)}, calibration=data)
     return cache / f"{spec.scheme}-{key}"
 
 
@@ -134,23 +128,35 @@ def build_variant(run: RunConfig, compress: CompressSpec | None = None, log=prin
     if (out / "config.json").is_file():
         log(f"build: cached {spec.scheme} checkpoint {out}")
         return out
-    _check_disk(src, out.parent, config)
+    require_space(src, out.parent, config, spec.scheme)
     log(f"build: compressing {src} with {spec.scheme} -> {out}")
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        return compress_checkpoint(src, out, config)
+        return compress_checkpoint(src, out, config, suite_source())
     except BaseException:  # failed or interrupted (Ctrl-C, SIGTERM): no half-written checkpoint stays
         shutil.rmtree(partial, ignore_errors=True)
         raise
 
 
-def _check_disk(src: Path, cache: Path, config) -> None:
-    """Refuses to start a build that cannot fit: needs the estimated output size free."""
-    from harness.input_checks import estimate_checkpoint_bytes
+def check_build(run: RunConfig, spec: Any) -> None:
+    """Refuses a damaged cached build, or a new build whose estimated output does not fit in
+    the free space of cache_dir."""
+    config = to_compress_config(spec)
+    base = Path(run.model.resolved_path()).expanduser()
+    if config is None or not base.is_dir():
+        return
+    src = local_model_dir(str(base))
+    cache = Path(run.cache_dir)
+    cached = cached_build_dir(run, spec, src, config)
+    if (cached / "config.json").is_file():
+        check_headers(cached)  # refused now rather than when the server loads it
+        return
+    require_space(src, cache, config, spec.scheme)
 
-    cache.mkdir(parents=True, exist_ok=True)
-    need = estimate_checkpoint_bytes(src, config)
-    free = shutil.disk_usage(cache).free
-    if free < need:
-        raise BuildError(f"{cache} has {free / 2**30:.1f} GiB free but the build may need {need / 2**30:.1f} GiB: free space or set cache_dir elsewhere")
+
+def _existing_parent(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return path

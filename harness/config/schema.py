@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.config_build import ConfigError, build_dataclass
-from harness.lmeval_config import LmEvalConfig
+from harness.config.ranges import check_ranges
+from harness.config.typed import build_dataclass
+from harness.errors import ConfigError
+from harness.score.lmeval.settings import LmEvalConfig
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
 
 
@@ -87,7 +89,7 @@ class WorkloadConfig:
     request_timeout_s: float = 120.0
     # Share (0..1) of measured requests that may fail before the run is recorded failed.
     max_error_rate: float = 0.1
-    # Hugging Face suites (source: hf): see harness/workloads/hf.py and conf/workload/chartqa.yaml.
+    # Hugging Face suites (source: hf): see harness/replay/workloads/hf.py and conf/workload/chartqa.yaml.
     source: Literal["synthetic", "hf"] = "synthetic"
     dataset: str | None = None
     path: str | None = None
@@ -242,7 +244,7 @@ def _compress_spec(group: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_values(run: RunConfig) -> None:
     to_compress_config(run.compress)  # unknown schemes and parameters fail here, before any work
-    from harness.workloads import check_workload  # lazy: reads no data, imports no datasets
+    from harness.replay.workloads import check_workload  # lazy: reads no data, imports no datasets
 
     check_workload(run.workload)
     budget = run.serve.max_soft_tokens
@@ -270,8 +272,6 @@ def _check_values(run: RunConfig) -> None:
         raise ConfigError(f"quality.threshold must be in (0, 1], got {run.quality.threshold}")
     if not 0.0 < run.serve.gpu_memory_utilization <= 1.0:
         raise ConfigError(f"serve.gpu_memory_utilization must be in (0, 1], got {run.serve.gpu_memory_utilization}")
-    from harness.input_checks import check_ranges  # lazy: that module imports this one
-
     check_ranges(run)
 
 

@@ -8,9 +8,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
-
-class ConfigError(ValueError):
-    """A configuration does not fit its schema; the message names the key and what is accepted."""
+from harness.errors import ConfigError
 
 
 def build_dataclass(cls: type, data: Any, where: str = "") -> Any:

@@ -10,7 +10,7 @@ from harness.energy.base import Meter, MeterClosedError, MeterError, TraceRow, W
 from harness.energy.steady import steady_window
 
 __all__ = ["KINDS", "Meter", "MeterClosedError", "MeterError", "TraceRow", "Window", "make_meter",
-           "meter_class", "steady_window"]
+           "check_meter", "meter_class", "steady_window"]
 
 KINDS = ("auto", "nvml", "rapl", "modeled")
 log = logging.getLogger(__name__)
@@ -50,6 +50,24 @@ def make_meter(kind: str = "auto", **settings: Any) -> Meter:
     log.info("energy meter: %s (%s) on %s%s", chosen, meter.source, ", ".join(meter.devices),
              " [chosen by auto]" if kind == "auto" else "")
     return meter
+
+
+def check_meter(kind: str) -> None:
+    """Refuses, before any server starts, a meter kind this machine cannot read (auto always can).
+
+    Raises:
+        MeterError: which counter is missing and what to set instead.
+    """
+    from harness.energy import rapl
+    from harness.energy.base import MeterError
+    from harness.energy.nvml import nvml_available
+
+    if kind == "nvml" and not nvml_available():
+        raise MeterError("energy.meter=nvml: NVML sees no NVIDIA GPU on this machine (no driver or no device): "
+                         "run on a GPU host or set energy.meter=auto")
+    if kind == "rapl" and not rapl.available():
+        raise MeterError(f"energy.meter=rapl: no readable RAPL counters under {rapl.POWERCAP_ROOT}: "
+                         "set energy.meter=auto (modeled energy here) or make the counters readable")
 
 
 def _auto_kind(settings: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple, Sequence
 
 from harness.energy.series import DeviceSeries
+from harness.errors import HarnessError
 
 Source = Literal["measured", "modeled"]
 
@@ -23,7 +24,7 @@ FLAG_MISMATCH = "counter_power_mismatch"  # counter and integrated power disagre
 FLAG_FROM_POWER = "energy_from_power_integration"  # no energy counter: power integrated
 
 
-class MeterError(RuntimeError):
+class MeterError(HarnessError, RuntimeError):
     """The energy source failed; the message says how to fix it."""
 
 

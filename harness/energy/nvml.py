@@ -8,7 +8,13 @@ from types import ModuleType
 from typing import Any, Sequence
 
 from harness.energy.base import (
-    FLAG_ABOVE_LIMIT, FLAG_FROM_POWER, FLAG_MISMATCH, FLAG_RESET, Meter, MeterError, Reading,
+    FLAG_ABOVE_LIMIT,
+    FLAG_FROM_POWER,
+    FLAG_MISMATCH,
+    FLAG_RESET,
+    Meter,
+    MeterError,
+    Reading,
 )
 from harness.energy.nvml_errors import NvmlError, call, optional
 

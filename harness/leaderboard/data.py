@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.tokens import joules_per_output_token
+from harness.replay.tokens import joules_per_output_token
 
 # Sections of a run's resolved config that must match for energies to be compared; the
 # energy source and the hardware are added on top (see `setup_key`).
@@ -131,7 +131,7 @@ def load_runs(results_dir: Path | str) -> tuple[list[dict[str, Any]], list[dict[
     A row whose run directory lacks result.json counts as failed, with the reason; so does a
     resumed run, whose energy covers only part of the suite.
     """
-    from harness.results import load_result, read_rows
+    from harness.record.result import load_result, read_rows
 
     results_dir = Path(results_dir)
     ok, failed = [], []

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.leaderboard_data import Board, build_board
+from harness.leaderboard.data import Board, build_board
 
 # Columns of leaderboard.csv / .md, in order; quality_<family> columns are inserted before quality_overall.
 COLUMNS = (
@@ -138,7 +138,7 @@ def print_board(board: Board, console) -> None:
 def write_plots(board: Board, results_dir: Path, out: Path, trace_run: str | None = None) -> list[Path]:
     """Per group the energy-vs-quality and energy-by-family plots; one power trace (the given
     run, else the top-ranked run of G1)."""
-    from harness import leaderboard_plots as plots
+    from harness.leaderboard import plots
 
     written = []
     for group, description in board.groups.items():
@@ -153,7 +153,7 @@ def write_plots(board: Board, results_dir: Path, out: Path, trace_run: str | Non
 
 def write_outputs(board: Board, results_dir: Path, out: Path, trace_run: str | None = None) -> list[Path]:
     """Writes leaderboard.csv, leaderboard.md and the PNG plots into `out`; returns their paths."""
-    from harness.atomic_io import write_text_atomic
+    from harness.record.atomic import write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(board, results_dir, out, trace_run) if not board.table.empty else []
@@ -192,6 +192,3 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"wrote {path}", soft_wrap=True)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

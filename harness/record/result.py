@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -11,11 +12,16 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.atomic_io import json_line, write_json_atomic, write_jsonl_atomic, write_text_atomic, write_yaml_atomic
-from harness.request_stats import Counts, Latency, Percentiles, Throughput
-from harness.tokens import joules_per_output_token
+from harness.errors import ConfigError
+from harness.record.atomic import json_line, write_json_atomic, write_jsonl_atomic, write_text_atomic, write_yaml_atomic
+from harness.record.redact import redact_config
+from harness.replay.stats import Counts, Latency, Percentiles, Throughput
+from harness.replay.tokens import joules_per_output_token
+
+if TYPE_CHECKING:
+    from harness.config.schema import RunConfig
 
 # The atomic writers are re-exported: callers write every run-directory file through here.
 __all__ = [
@@ -73,7 +79,7 @@ def new_run_dir(results_root: Path | str, variant: str, started: datetime) -> Ru
         except FileExistsError:
             continue
         return RunPaths(candidate)
-    raise FileExistsError(f"1000 run directories named {base.name}* exist; clean {base.parent}")
+    raise ConfigError(f"1000 run directories named {base.name}* exist: clean {base.parent} or set results_dir elsewhere")
 
 
 def _append_locked(fd: int, data: bytes) -> None:
@@ -258,8 +264,22 @@ def flat_row(result: RunResult) -> dict[str, Any]:
         "requests": counts.requests if counts else None,
         "request_errors": counts.errors if counts else None,
         "output_tokens": counts.output_tokens if counts else None,
-        # suite window energy / server-reported output tokens of successful requests (harness.tokens)
+        # suite window energy / server-reported output tokens of successful requests (harness.replay.tokens)
         "suite_j_per_output_token": joules_per_output_token(suite.get("energy_j"), counts.output_tokens if counts else None),
         "error": result.error,
     }
     return _finite(row)
+
+
+def config_dict(run_cfg: RunConfig) -> dict:
+    """The resolved configuration as plain data, as stored with every result (secrets redacted)."""
+    return redact_config(jsonable(dataclasses.asdict(run_cfg)))
+
+
+def jsonable(value):
+    """Plain JSON data from dataclass dicts: tuples become lists, recursively."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+
 @dataclass(frozen=True)
 class Resume:
     """A failed run to continue: its id and the records (RequestRecord) that completed without error."""
@@ -24,7 +25,7 @@ def find_resume(results_dir: Path | str, variant: str, config: Mapping[str, Any]
     completed without error and at least one suite sample is still missing. Only requests
     whose id is in ``sample_ids`` count.
     """
-    from harness.results import load_result, read_rows
+    from harness.record.result import load_result, read_rows
 
     runs = Path(results_dir) / "runs"
     for row in reversed(read_rows(Path(results_dir) / "runs.jsonl")):
@@ -47,7 +48,7 @@ def find_resume(results_dir: Path | str, variant: str, config: Mapping[str, Any]
 
 def completed_records(path: Path, sample_ids: Sequence[str]) -> tuple[Any, ...]:
     """The error-free records in a requests.jsonl whose id is a suite sample, one per id (the last)."""
-    from harness.replay import RequestRecord
+    from harness.replay.client import RequestRecord
 
     if not path.is_file():
         return ()

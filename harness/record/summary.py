@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.results import RunResult
+from harness.record.result import RunResult
 
 
 def _num(value: float | None, fmt: str = ".1f") -> str:
@@ -19,7 +19,7 @@ def _num(value: float | None, fmt: str = ".1f") -> str:
 
 
 def _chance(task: str) -> float | None:
-    from harness.workloads.synthetic import FAMILIES
+    from harness.replay.workloads.synthetic import FAMILIES
 
     family = FAMILIES.get(task)
     return None if family is None else family.chance

@@ -23,7 +23,7 @@ class SweepReport(Callback):
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
 
-        from harness.results import append_row
+        from harness.record.result import append_row
 
         overrides = " ".join(job_return.overrides or [])
         if job_return.status == JobStatus.FAILED:  # an exception _app did not catch
@@ -39,7 +39,7 @@ class SweepReport(Callback):
         from rich.console import Console
         from rich.table import Table
 
-        from harness.results import read_rows
+        from harness.record.result import read_rows
 
         outcomes = read_rows(Path(str(config.hydra.sweep.dir)) / OUTCOMES) or self.outcomes
         failed = [o for o in outcomes if o["status"] != "ok"]

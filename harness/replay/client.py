@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.config import SamplingConfig, WorkloadConfig
-from harness.server import ServerTarget
-from harness.tokens import STREAM_OPTIONS, usage_tokens
+from harness.config.schema import SamplingConfig, WorkloadConfig
+from harness.replay.tokens import STREAM_OPTIONS, usage_tokens
+from harness.serve.vllm import ServerTarget
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ class _StreamState:
                 self.finish_reason = choice.finish_reason
         if chunk.usage is not None:
             self.usage_seen = True
-            self.prompt_tokens, self.output_tokens = usage_tokens(chunk.usage)  # harness.tokens defines them
+            self.prompt_tokens, self.output_tokens = usage_tokens(chunk.usage)  # harness.replay.tokens defines them
 
     def record(self, sample: Any, error: str | None) -> RequestRecord:
         end = time.perf_counter()

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from harness.tokens import output_tokens as count_output_tokens
+from harness.replay.tokens import output_tokens as count_output_tokens
 
 
 class TimedRecord(Protocol):
@@ -92,7 +92,7 @@ def summarize_requests(records: Sequence[TimedRecord], suite_duration_s: float |
         latency_ms=percentiles(r.latency_ms for r in ok),
         itl_ms=percentiles(gap for r in ok for gap in r.itl_ms),
     )
-    output_tokens = count_output_tokens(ok)  # the server's usage figures (harness.tokens)
+    output_tokens = count_output_tokens(ok)  # the server's usage figures (harness.replay.tokens)
     if suite_duration_s:
         throughput = Throughput(output_tokens / suite_duration_s, len(ok) / suite_duration_s)
     else:

@@ -10,13 +10,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.errors import RunFailed
+
 # How often the watchdog asks whether the server process is still there; bounds the time
 # from a server death to the replay being cancelled.
 WATCH_INTERVAL_S = 0.5
 
-
-class RunFailed(RuntimeError):
-    """The run completed but must not be ranked (e.g. too many requests failed)."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +46,8 @@ def guarded_replay(server: Any, samples: Sequence[Any], workload: Any, sampling:
 
 
 async def _watch(server, samples, workload, sampling, chat_template_kwargs, log_path) -> GuardedReplay:
-    from harness.replay import replay_async
-    from harness.server import ServerError
+    from harness.errors import ServerError
+    from harness.replay.client import replay_async
 
     done: list[Any] = []
     sink = log_path.open("a", encoding="utf-8") if log_path is not None else None
@@ -82,7 +81,7 @@ async def _watch(server, samples, workload, sampling, chat_template_kwargs, log_
 def _cut_short(done: Sequence[Any], err: Exception, failed_at_s: float) -> GuardedReplay:
     """The replay of a server that died: only requests that completed without error are kept
     (those in flight or sent after the death failed because of it, and will be replayed)."""
-    from harness.replay import ReplayResult
+    from harness.replay.client import ReplayResult
 
     kept = tuple(r for r in done if r.error is None)
     start_s = min((r.start_s for r in kept), default=failed_at_s)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from harness.config import RunConfig
+from harness.config.schema import RunConfig
 
 # Settings that must match for two runs to be compared: same base model, suite and sampling.
 SAME_SETUP = ("model", "workload", "sampling")
@@ -13,8 +13,8 @@ SAME_SETUP = ("model", "workload", "sampling")
 
 def find_baseline(results_dir: Path | str, baseline_variant: str, config: Mapping[str, Any]):
     """The newest successful run of `baseline_variant` with the same setup, or None."""
-    from harness.lmeval_config import quality_source
-    from harness.results import load_result, read_rows
+    from harness.record.result import load_result, read_rows
+    from harness.score.lmeval.settings import quality_source
 
     runs = Path(results_dir) / "runs"
     for row in reversed(read_rows(Path(results_dir) / "runs.jsonl")):
@@ -33,8 +33,8 @@ def find_baseline(results_dir: Path | str, baseline_variant: str, config: Mappin
 def gate_against_baseline(run_cfg: RunConfig, config: Mapping[str, Any], report, energy: Mapping[str, Any]):
     """The Gate (as a dict) of this run against its baseline; None for the baseline itself
     or when no comparable baseline run exists yet."""
-    from harness.gate import compare_energy, gate
-    from harness.quality import QualityReport
+    from harness.score.gate import compare_energy, gate
+    from harness.score.quality import QualityReport
 
     q = run_cfg.quality
     if run_cfg.name == q.baseline_variant:
@@ -51,3 +51,11 @@ def gate_against_baseline(run_cfg: RunConfig, config: Mapping[str, Any], report,
     result = gate(report, QualityReport.from_dict(base.quality), q.rule, q.threshold,
                   confidence=q.confidence, n_boot=q.bootstrap_n, seed=q.seed, energy=comparison)
     return {**result.to_dict(), "baseline_run_id": base.run_id}
+
+
+def baseline_overrides(overrides: list[str]) -> list[str]:
+    """The run's overrides that also apply to its baseline: model, workload, sampling, serve...
+
+    The variant's own identity (variant, name) and compression stay with the variant.
+    """
+    return [o for o in overrides if not o.lstrip("+~").startswith(("variant=", "name=", "compress.", "compress="))]

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harness.quality import QualityReport
+from harness.score.quality import QualityReport
 
 RULES = ("mean", "every_task")
 VERDICTS = ("pass", "fail", "uncertain")

@@ -5,7 +5,7 @@
 A compressed-tensors checkpoint is loaded decompressed: transformers' compressed-tensors
 integration turns each stored weight back into its dequantized dense value, and layers
 with dynamic activation quantization keep quantizing their inputs per token in forward,
-as vLLM's kernels do. Greedy answers are scored with harness.quality.score, so the
+as vLLM's kernels do. Greedy answers are scored with harness.score.quality.score, so the
 figures compare with a served run's (same prompts, same chat template, same metric).
 """
 
@@ -18,19 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.errors import HarnessError
+
 if TYPE_CHECKING:
-    from harness.quality import QualityReport
+    from harness.score.quality import QualityReport
 
 DTYPES = ("float32", "bfloat16")
 
 
-class OfflineEvalError(RuntimeError):
+class OfflineEvalError(HarnessError, RuntimeError):
     """The checkpoint cannot be evaluated offline; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
 class OfflineRecord:
-    """One greedy generation, shaped like a replay record for harness.quality.score.
+    """One greedy generation, shaped like a replay record for harness.score.quality.score.
 
     Attributes:
         id, task: the sample's.
@@ -121,12 +123,12 @@ def evaluate_offline(model_dir: str | Path, samples: Sequence[Any], max_new_toke
 
     Args:
         model_dir: dense or compressed-tensors checkpoint folder.
-        samples: suite samples (harness.workloads.base.load_samples).
+        samples: suite samples (harness.replay.workloads.base.load_samples).
         max_new_tokens: generation cap; an answer cut off by it scores 0.
         dtype: compute precision, "float32" or "bfloat16".
-        metric: harness.quality metric name.
+        metric: harness.score.quality metric name.
     """
-    from harness.quality import score
+    from harness.score.quality import score
 
     model, processor = load_model(model_dir, dtype)
     return score(samples, generate_records(model, processor, samples, max_new_tokens), metric)
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reference", type=Path, default=None,
                     help="dense checkpoint to also report the mean next-token KL (text positions) against")
     args = ap.parse_args(argv)
-    from harness.workloads.base import load_samples
+    from harness.replay.workloads.base import load_samples
 
     samples = load_samples(args.seed, args.split, args.limit)
     report = evaluate_offline(args.model_dir, samples, args.max_new_tokens, dtype=args.dtype)
@@ -203,6 +205,3 @@ def main(argv: list[str] | None = None) -> None:
         summary["mean_token_kl_nats"] = mean_token_kl(args.reference, args.model_dir, samples, dtype=args.dtype)
     print(json.dumps(summary, indent=2))
 
-
-if __name__ == "__main__":
-    main()

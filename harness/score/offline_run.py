@@ -2,7 +2,7 @@
 
 Where vLLM lacks the weight kernel (int4 on an AVX2-only CPU), starting a server would only
 crash mid-load. The run instead builds the checkpoint exactly as for serving and scores it
-with transformers (decompressed, greedy; harness.offline_eval), so a user still learns
+with transformers (decompressed, greedy; harness.score.offline), so a user still learns
 whether the compression kept its quality. The result has status "offline", no energy
 windows and no gate (a greedy offline score does not compare with sampled served ones),
 and it is never ranked; the run then stops with the platform's reason.
@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig
+from harness.config.schema import RunConfig
 
 
 def run_offline(run_cfg: RunConfig, config_dict: dict[str, Any], check, samples, console=None):
@@ -30,10 +30,10 @@ def run_offline(run_cfg: RunConfig, config_dict: dict[str, Any], check, samples,
     Raises:
         PlatformError: always, naming the missing kernel, the offline score and where it is.
     """
-    from harness.build import build_variant
-    from harness.offline_eval import evaluate_offline
-    from harness.platform import PlatformError
-    from harness.results import new_run_dir
+    from harness.build.variant import build_variant
+    from harness.errors import PlatformError
+    from harness.record.result import new_run_dir
+    from harness.score.offline import evaluate_offline
 
     say = console.print if console is not None else print
     started = datetime.now(timezone.utc)
@@ -57,8 +57,8 @@ def _record(run_cfg, config_dict, check, paths, started, report, model_dir: Path
     """Writes result.json and a runs.jsonl row: status offline, or failed with ``error``."""
     from dataclasses import asdict
 
-    from harness import provenance
-    from harness.results import RunResult, append_row, flat_row, write_result
+    from harness.record import provenance
+    from harness.record.result import RunResult, append_row, flat_row, write_result
 
     quality = {**report.to_dict(), "engine": "offline-transformers-greedy"} if report is not None else {}
     serve = {"platform": check.platform.describe(), "unservable": check.unservable,

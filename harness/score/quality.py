@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-# Characters stripped from both ends of an answer. "-", "+", "%", "$" and "#" are kept:
-# they carry meaning at the edge of an answer ("-5", "50%", "$3").
-EDGE_PUNCTUATION = ".,;:!?\"'`()[]{}*\u201c\u201d\u2018\u2019"
-_WHITESPACE = re.compile(r"\s+")
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+from harness.score.metrics import CORPUS_METRICS, ITEM_METRICS, METRICS, check_metric, normalize
 
 # Why an item got the score it got. Anything but "scored" is a zero by rule, so a variant
 # cannot pass the gate by answering less (empty, cut off at max_tokens, failed, or absent).
@@ -30,85 +24,6 @@ class RecordLike(Protocol):
     output_text: str
     finish_reason: str | None
     error: str | None
-
-
-def normalize(text: str) -> str:
-    """Puts an answer in the one form both sides are compared in.
-
-    Steps, in order: lowercase; collapse every run of whitespace (spaces, tabs, newlines)
-    into one space; strip whitespace and the characters in ``EDGE_PUNCTUATION`` from both
-    ends, repeatedly, so "  **Red.**\\n" becomes "red" (a trailing period is one of them).
-    The answer is taken as written: no synonyms, no fuzzy matching, no extraction of an
-    answer from a longer sentence.
-    """
-    collapsed = _WHITESPACE.sub(" ", text.lower())
-    return collapsed.strip(EDGE_PUNCTUATION + " ")
-
-
-def exact_match(prediction: str, reference: str) -> float:
-    """1.0 when the normalised prediction equals the normalised reference, else 0.0."""
-    return float(normalize(prediction) == normalize(reference))
-
-
-def _to_number(text: str) -> float | None:
-    """The number a normalised answer states ("1,250", "12.5%", "-3"), or None."""
-    cleaned = _THOUSANDS.sub("", text)
-    percent = cleaned.endswith("%")
-    try:
-        value = float(cleaned[:-1] if percent else cleaned)
-    except ValueError:
-        return None
-    if not math.isfinite(value):
-        return None
-    return value / 100.0 if percent else value
-
-
-def relaxed_match(prediction: str, reference: str, tolerance: float = 0.05) -> float:
-    """ChartQA's relaxed accuracy: numbers within `tolerance` relative error, else exact.
-
-    When both answers are numbers, the prediction scores 1.0 if
-    |prediction - reference| <= tolerance * |reference| (a zero reference needs an exact
-    zero). Otherwise the answers are compared with `exact_match`.
-    """
-    pred, ref = normalize(prediction), normalize(reference)
-    pred_number, ref_number = _to_number(pred), _to_number(ref)
-    if pred_number is None or ref_number is None:
-        return float(pred == ref)
-    return float(abs(pred_number - ref_number) <= tolerance * abs(ref_number))
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insertions, deletions, substitutions each cost 1), two-row DP."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, start=1):
-        current = [i]
-        for j, char_b in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
-        previous = current
-    return previous[-1]
-
-
-def anls(prediction: str, reference: str, threshold: float = 0.5) -> float:
-    """Average Normalised Levenshtein Similarity for one item (DocVQA's metric).
-
-    NL = levenshtein(p, r) / max(len(p), len(r)) on normalised strings; the score is
-    1 - NL when NL < `threshold`, else 0.0 (a far-off answer earns nothing).
-    """
-    pred, ref = normalize(prediction), normalize(reference)
-    longest = max(len(pred), len(ref))
-    if longest == 0:
-        return 1.0
-    distance = levenshtein(pred, ref) / longest
-    return 1.0 - distance if distance < threshold else 0.0
-
-
-METRICS: dict[str, Callable[[str, str], float]] = {
-    "exact": exact_match,
-    "relaxed": relaxed_match,
-    "anls": anls,
-}
 
 
 @dataclass(frozen=True)
@@ -228,13 +143,11 @@ def score(samples: Sequence[SampleLike], records: Iterable[RecordLike], metric: 
             with no record scores 0 ("missing"); a record with no sample is ignored and
             counted as "extra_records".
         metric: "exact", "relaxed" (ChartQA) or "anls" (DocVQA), each best over a sample's
-            ``references``; or one of harness.metrics.METRIC_NAMES ("vqa", "choice", "cider").
+            ``references``; or one of harness.score.metrics.METRIC_NAMES ("vqa", "choice", "cider").
 
     Raises:
         ValueError: unknown metric, duplicate ids, or an empty suite.
     """
-    from harness.metrics import check_metric, score_items  # lazy: harness.metrics imports this module
-
     check_metric(metric)
     sample_ids = [sample.id for sample in samples]
     if len(set(sample_ids)) != len(sample_ids):
@@ -243,3 +156,27 @@ def score(samples: Sequence[SampleLike], records: Iterable[RecordLike], metric: 
     items = score_items(samples, [by_id.get(sample.id) for sample in samples], metric)
     extra = len(set(by_id) - set(sample_ids))
     return aggregate(metric, items, extra_records=extra)
+
+
+def references_of(sample: Any) -> tuple[str, ...]:
+    """Every accepted answer of a sample (``.references``, else ``(.reference,)``)."""
+    return tuple(getattr(sample, "references", ()) or (sample.reference,))
+
+
+def score_items(samples: Sequence[Any], records: Sequence[Any], metric: str) -> list[ItemScore]:
+    """One ItemScore per sample; ``records[i]`` answers ``samples[i]`` (None if it is missing).
+
+    Items whose answer is not complete (see OUTCOMES) score 0. A corpus
+    metric still sees every item's references (they set its n-gram weights), with an
+    empty prediction for the incomplete ones.
+    """
+    check_metric(metric)
+    outcomes = [outcome_of(r) for r in records]
+    texts = [r.output_text if o == "scored" else "" for r, o in zip(records, outcomes)]
+    refs = [references_of(s) for s in samples]
+    if metric in CORPUS_METRICS:
+        values = CORPUS_METRICS[metric](texts, refs)
+    else:
+        values = [ITEM_METRICS[metric](t, r) if o == "scored" else 0.0 for t, r, o in zip(texts, refs, outcomes)]
+    return [ItemScore(s.id, s.task, float(v) if o == "scored" else 0.0, o)
+            for s, v, o in zip(samples, values, outcomes)]

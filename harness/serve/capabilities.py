@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.config import CompressSpec, RunConfig, ServeConfig
+from harness.config.schema import CompressSpec, RunConfig, ServeConfig
+from harness.errors import PlatformError
 
 _INT4_SCHEMES = frozenset({"w4a16_rtn", "w4a16_gptq"})
 # CPU vLLM has FP8 kernels only for per-channel weights with dynamic per-token activations
@@ -25,9 +26,6 @@ _GPU_KERNELS: dict[str, tuple[str, tuple[int, int]]] = {
     "w8a8_int8": ("int8 W8A8", (7, 5)),
 }
 
-
-class PlatformError(RuntimeError):
-    """The variant needs something this machine's vLLM cannot do."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,7 @@ def check_platform(run: RunConfig, platform: Platform | None = None) -> Platform
     return PlatformCheck(platform, serve, tuple(fallbacks), compress, unservable)
 
 
-def check_checkpoint(model_path: str | Path, env: Mapping[str, str] | None = None) -> None:
+def check_plugin_support(model_path: str | Path, env: Mapping[str, str] | None = None) -> None:
     """Refuses, before vLLM starts, a FLAP-pruned checkpoint the server's vLLM could not build.
 
     A pruned checkpoint (config.json flap_pruned) is served by this project's vLLM plugin,

@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from harness.config import ServeConfig
-from harness.platform import Platform, check_checkpoint, default_enforce_eager, detect_platform
+from harness.config.schema import ServeConfig
+from harness.errors import ServerError
+from harness.serve.capabilities import Platform, check_plugin_support, default_enforce_eager, detect_platform
 
 CONFIG_NAME = "vllm_config.yaml"
 LOG_NAME = "server.log"
@@ -26,9 +27,6 @@ _POLL_S = 0.5
 _LIVE: set[VllmServer] = set()  # servers to stop if the interpreter exits without closing them
 _HANDLERS_INSTALLED = False
 
-
-class ServerError(RuntimeError):
-    """The vLLM server failed to start or died; the message carries the tail of its log."""
 
 
 @dataclass(frozen=True)
@@ -131,13 +129,13 @@ class VllmServer:
     def start(self) -> None:
         """Writes vllm_config.yaml and launches the server (returns without waiting)."""
         platform = self._platform or detect_platform()
-        check_checkpoint(self._model_path, self._env(platform))  # a FLAP-pruned one needs our vLLM plugin
+        check_plugin_support(self._model_path, self._env(platform))  # a FLAP-pruned one needs our vLLM plugin
         serve = self.serve
         if serve.enforce_eager is None:
             serve = replace(serve, enforce_eager=default_enforce_eager(platform))
         args = vllm_args(self._model_path, serve, served_model_name=self.model_name, dtype=self._dtype)
         write_vllm_config(self.config_path, args)
-        self.port = self.serve.port or _free_port(self.serve.host)
+        self.port = self.serve.port or free_port(self.serve.host)
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--config", str(self.config_path),
                    "--host", self.serve.host, "--port", str(self.port)]
         install_sigterm_handler()
@@ -233,7 +231,7 @@ def stop_process_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

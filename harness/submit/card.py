@@ -64,7 +64,7 @@ def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline
     Args:
         folder: the submission folder (recipe.json and vllm_config.yaml are read from it).
         result: the variant's RunResult the folder was made from.
-        variant_row, baseline_row: `harness.leaderboard_data.run_row` of the run and of its
+        variant_row, baseline_row: `harness.leaderboard.data.run_row` of the run and of its
             baseline (None when the run has no gate).
         overrides: the Hydra overrides that reproduce the run.
         size_bytes: the folder's size on disk before this README.

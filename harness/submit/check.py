@@ -199,7 +199,7 @@ def check_folder(folder: Path | str, *, launch: bool = True, startup_timeout_s: 
     size = folder_size_bytes(folder)
     if problems or not launch:
         return CheckReport(tuple(problems), size)
-    from harness.submit_launch import LaunchError, ask_one_image
+    from harness.submit.launch import LaunchError, ask_one_image
 
     try:
         answer = ask_one_image(folder, startup_timeout_s=startup_timeout_s)

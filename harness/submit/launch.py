@@ -10,13 +10,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.server import LOG_TAIL_LINES, _free_port, stop_process_group
+from harness.errors import HarnessError
+from harness.serve.vllm import LOG_TAIL_LINES, free_port, stop_process_group
 
 HOST = "127.0.0.1"
 ANSWER_MAX_TOKENS = 16
 
 
-class LaunchError(RuntimeError):
+class LaunchError(HarnessError, RuntimeError):
     """The folder did not serve or did not answer; `fix` says what to look at."""
 
     def __init__(self, message: str, fix: str) -> None:
@@ -62,8 +63,8 @@ def _ask(base_url: str, key: str, model: str) -> str:
     """The answer to the first test-split suite sample, at the competition's sampling."""
     import openai
 
-    from harness.replay import chat_messages
-    from harness.workloads.base import load_samples
+    from harness.replay.client import chat_messages
+    from harness.replay.workloads.base import load_samples
 
     sample = load_samples(seed=0, split="test", limit=1)[0]
     client = openai.OpenAI(base_url=base_url, api_key=key, timeout=120.0)
@@ -83,7 +84,7 @@ def ask_one_image(folder: Path, *, startup_timeout_s: float = 600.0) -> str:
         The answer text. The server log is kept outside the folder (a temp file) so the
         submission is left as it was.
     """
-    port, key = _free_port(HOST), secrets.token_urlsafe(24)
+    port, key = free_port(HOST), secrets.token_urlsafe(24)
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # read only by the CPU build; keeps this host's memory free
     log = Path(tempfile.mkdtemp(prefix="submit-check-")) / "server.log"

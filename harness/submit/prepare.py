@@ -6,11 +6,11 @@ import argparse
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-from harness.config import ConfigError, RunConfig
+from harness.config.schema import ConfigError, RunConfig
+from harness.errors import HarnessError
 
 SETUP = ("model", "workload", "sampling")
 # Checkpoint files that make up a servable model; anything else (training logs, caches) stays behind.
@@ -22,13 +22,13 @@ CHECKPOINT_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", 
 LOCAL_KEYS = ("results_dir", "cache_dir", "hydra.", "serve.port", "serve.host", "serve.api_key")
 
 
-class SubmitError(RuntimeError):
+class SubmitError(HarnessError, RuntimeError):
     """No run to submit, or the output folder cannot be written; says how to fix it."""
 
 
 def newest_ok_run(run_cfg: RunConfig, config: dict[str, Any]):
     """The newest successful run of `run_cfg.name` with the same model, suite and sampling."""
-    from harness.results import load_result, read_rows
+    from harness.record.result import load_result, read_rows
 
     results = Path(run_cfg.results_dir)
     seen = []
@@ -103,12 +103,11 @@ def make_submission(overrides: list[str], out: Path | None = None):
     Raises:
         SubmitError: no matching run, or `out` exists and is not empty.
     """
-    from harness.__main__ import config_dict
-    from harness.config import compose
-    from harness.leaderboard_data import run_row
-    from harness.results import load_result
-    from harness.submit_card import model_card
-    from harness.submit_check import folder_size_bytes
+    from harness.config.schema import compose
+    from harness.leaderboard.data import run_row
+    from harness.record.result import config_dict, load_result
+    from harness.submit.card import model_card
+    from harness.submit.check import folder_size_bytes
 
     run_cfg = compose(overrides)
     result, run_dir = newest_ok_run(run_cfg, config_dict(run_cfg))
@@ -133,7 +132,7 @@ def make_submission(overrides: list[str], out: Path | None = None):
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from harness.submit_check import check_folder
+    from harness.submit.check import check_folder
 
     parser = argparse.ArgumentParser(prog="python -m harness.submit", description=__doc__)
     parser.add_argument("overrides", nargs="+", help="Hydra overrides, e.g. +variant=fp8 workload.limit=8")
@@ -156,6 +155,3 @@ def main(argv: list[str] | None = None) -> int:
     console.print("[green]ready to upload[/]" if report.ok else "[red]not ready: fix the problems above[/]")
     return 0 if report.ok else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

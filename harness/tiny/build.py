@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.replay.workloads.synthetic import FAMILIES, INSTRUCTION
 from harness.tiny.tokenizer import SPECIAL, build_tokenizer
-from harness.workloads.synthetic import FAMILIES, INSTRUCTION
 
 MAX_SOFT_TOKENS = 70  # the smallest Gemma 4 image budget: 384x384 pixels, 64 soft tokens
 

@@ -17,10 +17,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from harness.replay.workloads.base import load_samples
 from harness.tiny import DEFAULT_MODEL_DIR
 from harness.tiny.build import TinySpec, build_processor, corpus, init_model, save_model
 from harness.tiny.tokenizer import SPECIAL, build_tokenizer
-from harness.workloads.base import load_samples
 
 EOT = SPECIAL["eot_token"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from harness.config import WorkloadConfig
-    from harness.workloads.base import Sample
+    from harness.config.schema import WorkloadConfig
+    from harness.replay.workloads.base import Sample
 
 
 def check_workload(workload: "WorkloadConfig") -> None:
@@ -15,15 +15,15 @@ def check_workload(workload: "WorkloadConfig") -> None:
     Raises:
         ConfigError: a setting that cannot work, with the setting that fixes it.
     """
-    from harness.config_build import ConfigError
-    from harness.workloads.base import SPLITS
+    from harness.errors import ConfigError
+    from harness.replay.workloads.base import SPLITS
 
     if workload.offset < 0:
         raise ConfigError(f"workload.offset must be >= 0, got {workload.offset}")
     if workload.image_max_side_px is not None and workload.image_max_side_px <= 0:
         raise ConfigError(f"workload.image_max_side_px must be > 0 pixels or null, got {workload.image_max_side_px}")
     if workload.source == "hf":
-        from harness.workloads.hf import check_hf
+        from harness.replay.workloads.hf import check_hf
 
         check_hf(workload)
     elif workload.split not in SPLITS:
@@ -39,13 +39,13 @@ def load_workload(workload: "WorkloadConfig") -> list["Sample"]:
     """
     check_workload(workload)
     if workload.source == "hf":
-        from harness.workloads.hf import load_hf
+        from harness.replay.workloads.hf import load_hf
 
         return load_hf(workload)
     import dataclasses
 
-    from harness.workloads.base import load_samples
-    from harness.workloads.rows import fit_image
+    from harness.replay.workloads.base import load_samples
+    from harness.replay.workloads.rows import fit_image
 
     samples = load_samples(workload.seed, workload.split, workload.limit, workload.offset)
     if workload.image_max_side_px is None:

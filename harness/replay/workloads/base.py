@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.workloads.synthetic import FAMILIES, make_item
+from harness.replay.workloads.synthetic import FAMILIES, make_item
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -4,7 +4,7 @@ A workload with ``source: hf`` names its data with ``dataset`` (a hub id, read t
 normal hub cache) or ``path`` (a local copy, read instead of the hub when given: a
 ``save_to_disk`` folder, a folder laid out like a hub repository, or parquet / arrow /
 json / csv files, globs allowed), ``subset``
-(the hub config name), ``split``, ``columns`` (see harness.workloads.rows.Columns),
+(the hub config name), ``split``, ``columns`` (see harness.replay.workloads.rows.Columns),
 ``filters`` (column -> required value, or list of accepted values), ``prompt`` and
 ``metric``. Every YAML in conf/workload/ besides synthetic.yaml is one.
 
@@ -20,9 +20,9 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from harness.config_build import ConfigError
-from harness.workloads.base import Sample
-from harness.workloads.rows import Columns, check_template, parse_columns, to_sample
+from harness.errors import ConfigError
+from harness.replay.workloads.base import Sample
+from harness.replay.workloads.rows import Columns, check_template, parse_columns, to_sample
 
 # datasets' builder for each local file kind.
 _BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json", ".csv": "csv"}
@@ -35,7 +35,7 @@ def check_hf(workload: Any) -> Columns:
     Raises:
         ConfigError: what is missing or wrong, and the setting that fixes it.
     """
-    from harness.metrics import METRIC_NAMES
+    from harness.score.metrics import METRIC_NAMES
 
     if workload.dataset is None and workload.path is None:
         raise ConfigError("a source: hf workload needs workload.dataset (a hub id) or workload.path "
@@ -122,6 +122,9 @@ def _open_path(workload: Any) -> Any:
     if path.is_dir() and any((path / m).is_file() for m in _SAVED_MARKERS):
         return datasets.load_from_disk(str(path))
     if path.is_dir():  # a folder laid out like a hub repository (data/test-*.parquet, README configs)
+        if not any(f.suffix in _BUILDERS for f in path.rglob("*")):
+            raise ConfigError(f"workload.path={workload.path!r} holds no data files ({', '.join(_BUILDERS)}) and is no "
+                              "save_to_disk folder: point it at the dataset's folder or files")
         return datasets.load_dataset(str(path), workload.subset, split=workload.split)
     files = sorted(path.parent.glob(path.name)) if any(ch in path.name for ch in "*?[") else [path]
     if not files or not all(f.is_file() for f in files):

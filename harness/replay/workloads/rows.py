@@ -9,8 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.config_build import ConfigError, build_dataclass
-from harness.workloads.base import Sample
+from harness.config.typed import build_dataclass
+from harness.errors import ConfigError
+from harness.replay.workloads.base import Sample
 
 # Interleaved datasets (MMMU) mark where each image goes, "<image 1>"; the replay sends the
 # one image before the text, so the mark is read as a reference to it.

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig, SamplingConfig
-from harness.lmeval_config import SYNTHETIC_TASK, LmEvalConfig
+from harness.config.schema import RunConfig, SamplingConfig
+from harness.score.lmeval.settings import SYNTHETIC_TASK, LmEvalConfig
 
 SAMPLES_FILE = "lm_eval_samples.jsonl"
 WINDOW = "lm_eval"
@@ -28,10 +28,10 @@ class LmEvalRun:
     """What one lm-eval evaluation gave: the quality items, its energy window and a summary.
 
     Attributes:
-        report: harness.quality.QualityReport built from lm-eval's per-sample scores.
+        report: harness.score.quality.QualityReport built from lm-eval's per-sample scores.
         window: harness.energy Window named "lm_eval" (None when no request was sent).
         info: JSON-ready summary stored as result.quality["lm_eval"].
-        served: tuple of harness.lmeval_model.ServedRequest, one per request sent.
+        served: tuple of harness.score.lmeval.model.ServedRequest, one per request sent.
     """
 
     report: Any
@@ -44,12 +44,12 @@ def check_engine(run_cfg: RunConfig) -> None:
     """Preflight for quality.engine=lm_eval: lm-eval installed, tasks known and generative.
 
     Raises:
-        harness.lmeval_tasks.LmEvalTaskError: see harness.lmeval_tasks.check_tasks; also
+        harness.score.lmeval.tasks.LmEvalTaskError: see harness.score.lmeval.tasks.check_tasks; also
             metrics or task_overrides naming a task that is not in quality.lm_eval.tasks.
     """
     if run_cfg.quality.engine != ENGINE:
         return
-    from harness.lmeval_tasks import LmEvalTaskError, check_tasks
+    from harness.score.lmeval.tasks import LmEvalTaskError, check_tasks
 
     cfg = run_cfg.quality.lm_eval
     for key, mapping in (("metrics", cfg.metrics), ("task_overrides", cfg.task_overrides)):
@@ -69,7 +69,7 @@ def run_engine(run_cfg: RunConfig, server, meter, run_dir: Path, chat_template_k
     """Runs the lm-eval engine when the config selects it (None otherwise); see `evaluate`."""
     if run_cfg.quality.engine != ENGINE:
         return None
-    from harness.faults import error_rate_failure
+    from harness.replay.watchdog import error_rate_failure
 
     lm_run = evaluate(run_cfg, server.target, meter, Path(run_dir), chat_template_kwargs=chat_template_kwargs)
     server.check_alive()  # a server that died mid-evaluation fails the run instead of scoring zeros
@@ -84,17 +84,17 @@ def evaluate(run_cfg: RunConfig, target, meter, run_dir: Path, *, chat_template_
 
     Args:
         run_cfg: the run (quality.lm_eval, sampling, workload for harness_synthetic).
-        target: a harness.server.ServerTarget (base_url ending in /v1, api_key, model_name).
+        target: a harness.serve.vllm.ServerTarget (base_url ending in /v1, api_key, model_name).
         meter: a harness.energy meter already recording; the "lm_eval" window is read from it.
         run_dir: the run directory (the suite copy and the samples file go there).
         chat_template_kwargs: sent with every request, as the suite replay sends them.
     """
     import lm_eval
 
-    from harness.atomic_io import write_jsonl_atomic
-    from harness.lmeval_model import RecordingChatModel
-    from harness.lmeval_report import build_report, reported_metrics
-    from harness.lmeval_tasks import task_manager, task_specs
+    from harness.record.atomic import write_jsonl_atomic
+    from harness.score.lmeval.model import RecordingChatModel
+    from harness.score.lmeval.report import build_report, reported_metrics
+    from harness.score.lmeval.tasks import task_manager, task_specs
 
     cfg = run_cfg.quality.lm_eval
     manager = task_manager(cfg.tasks)
@@ -159,7 +159,7 @@ def _synthetic_override(run_cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     The answer length limit is the replay's sampling.max_tokens, so both engines answer
     the same items under the same limits.
     """
-    from harness.workloads.base import save_dataset
+    from harness.replay.workloads.base import save_dataset
 
     wl = run_cfg.workload
     split = "train" if wl.split == "train" else "test"
@@ -177,7 +177,7 @@ def _window(meter, served):
 
 
 def _info(cfg, kwargs, used, reported, served, window, lm_eval_module) -> dict[str, Any]:
-    from harness.tokens import joules_per_output_token, output_tokens
+    from harness.replay.tokens import joules_per_output_token, output_tokens
 
     tokens = output_tokens(served)
     return {

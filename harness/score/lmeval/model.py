@@ -1,6 +1,6 @@
 """lm-eval's local-chat-completions model, one request at a time, keeping what the server reported.
 
-Imports lm_eval at module import: load it lazily (harness.lmeval does) so `import harness`
+Imports lm_eval at module import: load it lazily (harness.score.lmeval.engine does) so `import harness`
 stays light.
 """
 
@@ -26,7 +26,7 @@ class ServedRequest:
 
     start_s/end_s are wall-clock seconds (time.time()) just before the HTTP request is
     sent and just after its whole response arrived (non-streamed). Token counts are the
-    server's ``usage`` (harness.tokens), zero when the request failed.
+    server's ``usage`` (harness.replay.tokens), zero when the request failed.
     """
 
     task: str
@@ -91,7 +91,7 @@ def _drop_placeholders(message: dict[str, Any]) -> None:
 
 
 def _served(request, start: float, end: float, outputs: dict | None, error: str | None) -> ServedRequest:
-    from harness.tokens import usage_tokens
+    from harness.replay.tokens import usage_tokens
 
     choices = (outputs or {}).get("choices") or [{}]
     prompt_tokens, output_tokens = usage_tokens((outputs or {}).get("usage"))

@@ -6,8 +6,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.lmeval_tasks import LmEvalTaskError
-from harness.quality import ItemScore, QualityReport, aggregate, outcome_of
+from harness.score.lmeval.tasks import LmEvalTaskError
+from harness.score.quality import ItemScore, QualityReport, aggregate, outcome_of
 
 # Filter lm-eval applies when a task declares none: the raw response.
 RAW_FILTER = "none"

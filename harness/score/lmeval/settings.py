@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# The repo's own lm-eval task: the synthetic suite (harness/lm_eval_tasks/harness_synthetic.yaml).
+# The repo's own lm-eval task: the synthetic suite (harness/score/lmeval/task_files/harness_synthetic.yaml).
 SYNTHETIC_TASK = "harness_synthetic"
 
 
@@ -15,7 +15,7 @@ class LmEvalConfig:
     """Which lm-eval tasks run against the served model, and how their scores become items.
 
     Attributes:
-        tasks: lm-eval task or group names (built-in, or from harness/lm_eval_tasks/).
+        tasks: lm-eval task or group names (built-in, or from harness/score/lmeval/task_files/).
             Only generative tasks (output_type generate_until) work through the
             chat-completions API.
         limit: documents per task; None runs every document (harness_synthetic has

@@ -9,9 +9,9 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from harness.config_build import ConfigError
+from harness.errors import ConfigError
 
-TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+TASKS_DIR = Path(__file__).resolve().parent / "task_files"
 GENERATIVE = "generate_until"
 # lm-eval's default when a task YAML names no output_type (lm_eval.config.task.TaskConfig).
 DEFAULT_OUTPUT_TYPE = "generate_until"
@@ -52,7 +52,7 @@ def task_dirs(names: Iterable[str]) -> list[Path] | None:
 
 
 def task_manager(names: Sequence[str]):
-    """An lm-eval TaskManager that knows ``names`` (and the repo's tasks in harness/lm_eval_tasks)."""
+    """An lm-eval TaskManager that knows ``names`` (and the repo's tasks in harness/score/lmeval/task_files)."""
     from lm_eval.tasks import TaskManager
 
     dirs = task_dirs(names)

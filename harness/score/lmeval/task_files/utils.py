@@ -10,7 +10,7 @@ def load_suite(suite_dir: str | None = None, seed: int = 0, split: str = "test",
     """The synthetic suite as a DatasetDict with the asked split exposed as ``test``.
 
     Args:
-        suite_dir: a folder written by ``harness.workloads.base.save_dataset``; None builds
+        suite_dir: a folder written by ``harness.replay.workloads.base.save_dataset``; None builds
             the suite in memory from ``seed``.
         seed: suite seed (used only when ``suite_dir`` is None).
         split: which suite split is evaluated ("train" or "test").
@@ -22,7 +22,7 @@ def load_suite(suite_dir: str | None = None, seed: int = 0, split: str = "test",
     if suite_dir:
         suite = datasets.load_from_disk(suite_dir)
     else:
-        from harness.workloads.base import build_dataset
+        from harness.replay.workloads.base import build_dataset
 
         sizes = {"n_train": limit, "n_test": 1} if split == "train" else {"n_train": 1, "n_test": limit}
         suite = build_dataset(seed, **sizes)

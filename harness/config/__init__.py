@@ -1,0 +1,1 @@
+"""Typed run configuration: one schema per Hydra group, composition, and range checks."""

@@ -1,0 +1,1 @@
+"""`python -m harness.leaderboard`: the ranked comparison of the runs in results/."""

@@ -1,0 +1,7 @@
+"""`python -m harness.leaderboard`: see harness.leaderboard.report."""
+
+import sys
+
+from harness.leaderboard.report import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""Preflight: every check that needs no build or server, cheapest first, before any work starts."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from harness.build.headers import check_headers, read_config
+from harness.build.variant import check_build, check_model
+from harness.config.schema import RunConfig, ServeConfig, group_options
+from harness.energy import check_meter
+from harness.errors import ConfigError
+from harness.score.lmeval.engine import check_engine
+from harness.serve.capabilities import PlatformCheck, check_platform
+
+log = logging.getLogger(__name__)
+
+
+def preflight(run_cfg: RunConfig) -> PlatformCheck:
+    """Every check that needs no build or server: platform capabilities, model, inputs, quality engine.
+
+    Returns:
+        The PlatformCheck (effective serve settings and the fallbacks taken).
+
+    Raises:
+        HarnessError: one sentence naming the problem and the fix.
+    """
+    check = check_platform(run_cfg)
+    check_results_dir(run_cfg.results_dir)
+    check_meter(run_cfg.energy.meter)
+    check_model(run_cfg.model.resolved_path())
+    check_inputs(run_cfg, check)  # port, checkpoint headers, code in the model folder, disk space
+    check_engine(run_cfg)  # quality.engine=lm_eval: lm-eval tasks known and generative
+    return check
+
+
+def check_results_dir(results_dir: str | Path) -> None:
+    """results_dir must be a folder, or creatable as one (nothing is created here).
+
+    Raises:
+        ConfigError: the path, or one of its parents, is a file or not writable.
+    """
+    path = Path(results_dir).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"results_dir={results_dir}: {existing} is a file, not a folder: set results_dir to a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"results_dir={results_dir}: {existing} is not writable: set results_dir to a folder you can write")
+
+
+def check_port(serve: ServeConfig) -> None:
+    """A fixed serve.port must be free now (0 lets the server pick one at launch)."""
+    if not serve.port:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As uvicorn does: a port left in TIME_WAIT by a finished server is usable.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((serve.host, serve.port))
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise ConfigError(f"serve.host={serve.host} serve.port={serve.port} cannot be bound ({err.strerror}): "
+                                  "use a local address such as 127.0.0.1") from err
+            raise ConfigError(f"serve.port={serve.port} on {serve.host} is already in use by another process: stop it, "
+                              "pick another port, or set serve.port=0 to let the harness choose a free one") from err
+
+
+def check_model_code(folder: Path, serve: ServeConfig, environ: dict[str, str] | None = None) -> list[str]:
+    """Code shipped inside a model folder (*.py, config.json auto_map) runs only on opt-in.
+
+    Returns:
+        Notes to show the user (what code was found and that it is not imported).
+
+    Raises:
+        ConfigError: PYTHONPATH (of this process or serve.env) points into the folder, so
+            the server would import its code, and serve.trust_remote_code is off.
+    """
+    code = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.py"))
+    auto_map = read_config(folder).get("auto_map")
+    if not code and not auto_map:
+        return []
+    found = ", ".join(code[:3] + (["..."] if len(code) > 3 else []) + (["config.json auto_map"] if auto_map else []))
+    if serve.trust_remote_code:
+        return [f"model folder {folder} ships code ({found}) and serve.trust_remote_code=true: the server may run it"]
+    env = {**(environ if environ is not None else os.environ), **{str(k): str(v) for k, v in serve.env.items()}}
+    inside = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and _is_within(Path(p), folder)]
+    if inside:
+        raise ConfigError(f"PYTHONPATH entry {inside[0]} lies inside model folder {folder}, which ships code ({found}) "
+                          "the server would import: remove it from PYTHONPATH, or opt in with serve.trust_remote_code=true")
+    return [f"model folder {folder} ships code ({found}); it is not imported (serve.trust_remote_code=false, folder "
+            "not on PYTHONPATH): set serve.trust_remote_code=true to opt in"]
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    path, folder = path.expanduser().resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_inputs(run: RunConfig, check: Any) -> None:
+    """Every input check that needs neither a build nor a server, in order of cost.
+
+    Args:
+        run: the run's configuration.
+        check: the PlatformCheck (its ``compress`` is the scheme that will be built).
+
+    Raises:
+        ConfigError or BuildError: one sentence naming the problem and the fix.
+    """
+    check_port(check.serve)
+    folder = Path(run.model.resolved_path()).expanduser()
+    if folder.is_dir():
+        check_headers(folder)
+        for note in check_model_code(folder, check.serve):
+            log.warning(note)
+    check_build(run, check.compress or run.compress)
+
+
+def unknown_variant(argv: list[str]) -> str | None:
+    """The one-line error for a ``variant=`` override naming no file in conf/variant/, else None.
+
+    Sweep expressions (``glob(*)``, ``range(...)``) are left to Hydra; comma lists are checked
+    item by item.
+    """
+    known = group_options("variant")
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key != "variant" or "(" in value:
+            continue
+        for name in (v.strip() for v in value.split(",")):
+            if name not in known:
+                return (f"unknown variant {name!r}: choose one of {', '.join(known)} "
+                        f"(or add conf/variant/{name}.yaml)")
+    return None

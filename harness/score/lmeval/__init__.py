@@ -1,0 +1,1 @@
+"""lm-eval as a quality engine on the harness's own server."""

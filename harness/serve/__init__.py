@@ -1,0 +1,1 @@
+"""The serve step: vLLM's server lifecycle, platform capabilities, GPU slots for sweeps."""

@@ -1,0 +1,1 @@
+"""`python -m harness.submit +variant=NAME`: a validated competition upload folder."""
