@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Iterable
 
 from compress.configs import CompressConfig, DistillConfig, FlapConfig, StepsConfig, W4A16GptqConfig, config_to_dict
-from compress.folders import check_paths, load_model
+from compress.folders import atomic_folder, check_paths, load_model
 from compress.schemes import LayerSpec
 
 
@@ -87,14 +86,11 @@ def compress_checkpoint(
     precomputed, described = {}, None
     if type(config) in _CALIBRATED:
         precomputed, described = _CALIBRATED[type(config)](src_dir, config, plan, calibration)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    write_weights(src_dir, partial, plan, precomputed)
-    write_config(src_dir, partial, quantization_config(config, set(plan.values())))
-    copy_side_files(src_dir, partial)
-    step = {"step": "compress", "config": config_to_dict(config), "calibration": described,
-            "quantized_modules": len(plan), "duration_s": round(time.perf_counter() - started, 3)}
-    write_recipe(src_dir, partial, step)
-    partial.rename(out_dir)
+    with atomic_folder(out_dir) as partial:
+        write_weights(src_dir, partial, plan, precomputed)
+        write_config(src_dir, partial, quantization_config(config, set(plan.values())))
+        copy_side_files(src_dir, partial)
+        step = {"step": "compress", "config": config_to_dict(config), "calibration": described,
+                "quantized_modules": len(plan), "duration_s": round(time.perf_counter() - started, 3)}
+        write_recipe(src_dir, partial, step)
     return out_dir

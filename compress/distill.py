@@ -177,6 +177,7 @@ def distill_checkpoint(teacher_dir: Path, student_dir: Path, out_dir: Path, conf
     import torch
     import transformers
 
+    from compress.folders import atomic_folder
     from compress.lineage import checkpoint_hash, write_recipe
     from compress.pruned_hf import load_pruned
 
@@ -201,15 +202,12 @@ def distill_checkpoint(teacher_dir: Path, student_dir: Path, out_dir: Path, conf
     kl_before, kl_after = outcome["evals"][0][1], dict(outcome["evals"])[outcome["kept_step"]]
     log(f"held-out KL(teacher || student): {kl_before:.4f} before distillation, {kl_after:.4f} after "
         f"(state of step {outcome['kept_step']} kept)")
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_student(student.eval(), student_dir, partial)
-    step = _step(config, source, teacher_dir, checkpoint_hash(teacher_dir), outcome["history"],
-                 time.perf_counter() - started)
-    write_recipe(student_dir, partial, {**step, "kept_step": outcome["kept_step"], "held_out_kl_by_step": outcome["evals"],
-                                        "held_out_kl": {"before": kl_before, "after": kl_after}})
-    partial.rename(out_dir)
+    with atomic_folder(out_dir) as partial:
+        save_student(student.eval(), student_dir, partial)
+        step = _step(config, source, teacher_dir, checkpoint_hash(teacher_dir), outcome["history"],
+                     time.perf_counter() - started)
+        write_recipe(student_dir, partial, {**step, "kept_step": outcome["kept_step"], "held_out_kl_by_step": outcome["evals"],
+                                            "held_out_kl": {"before": kl_before, "after": kl_after}})
     return out_dir
 
 

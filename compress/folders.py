@@ -1,8 +1,11 @@
-"""Checkpoint folders: checking a source and destination pair, and loading a source as a transformers model."""
+"""Checkpoint folders: source and destination checks, atomic writes, and loading a source in transformers."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -28,3 +31,23 @@ def load_model(src_dir: Path):
         return load_pruned(src_dir, dtype="auto").eval()
     auto = transformers.AutoModelForImageTextToText if "vision_config" in config else transformers.AutoModelForCausalLM
     return auto.from_pretrained(src_dir, dtype="auto").eval()
+
+
+def fresh_partial(out_dir: Path) -> Path:
+    """The work folder ``<out_dir>.partial``, emptied of an interrupted run's leftovers."""
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+@contextmanager
+def atomic_folder(out_dir: Path) -> Iterator[Path]:
+    """Yields a fresh work folder that becomes ``out_dir`` only when the block completes.
+
+    A reader (or a build cache) sees the whole checkpoint or none; an interrupted block
+    leaves ``<out_dir>.partial``, which the next write clears.
+    """
+    partial = fresh_partial(out_dir)
+    yield partial
+    partial.rename(out_dir)

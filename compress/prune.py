@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Iterable
@@ -101,7 +100,7 @@ def prune_checkpoint(src_dir: Path, out_dir: Path, config: FlapConfig, calibrati
     """
     from compress.export import copy_side_files
     from compress.flap_stats import describe_calibration, down_proj_stats
-    from compress.folders import check_paths
+    from compress.folders import atomic_folder, check_paths
     from compress.lineage import write_recipe
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
@@ -120,14 +119,11 @@ def prune_checkpoint(src_dir: Path, out_dir: Path, config: FlapConfig, calibrati
         described["tokens"] = config.calibration_tokens
     read = _reader(locations)
     plan = plan_pruning(lambda i: read(MLP_KEY.format(i=i, proj="down_proj")), num_layers, text_config, config, stats)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    _write_weights(src_dir, partial, plan)
-    _write_config(src_dir, partial, plan)
-    copy_side_files(src_dir, partial)
-    write_recipe(src_dir, partial, _step(config, described, plan, time.perf_counter() - started))
-    partial.rename(out_dir)
+    with atomic_folder(out_dir) as partial:
+        _write_weights(src_dir, partial, plan)
+        _write_config(src_dir, partial, plan)
+        copy_side_files(src_dir, partial)
+        write_recipe(src_dir, partial, _step(config, described, plan, time.perf_counter() - started))
     return out_dir
 
 

@@ -30,13 +30,11 @@ def run_steps(src_dir: Path, out_dir: Path, config: StepsConfig, calibration: It
             it: a steps config is one of the configs that function dispatches).
     """
     from compress.distill import distill_checkpoint
-    from compress.folders import check_paths
+    from compress.folders import check_paths, fresh_partial
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     check_paths(src_dir, out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = fresh_partial(out_dir)
     # A source is passed on as it is (each step draws its own count); fixed items are read once.
     items = calibration if calibration is None or isinstance(calibration, CalibrationSource) else list(calibration)
     current = src_dir

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,16 +13,17 @@ from harness.build.variant import build_variant
 from harness.config.schema import RunConfig
 from harness.energy import make_meter, steady_window
 from harness.energy.attribution import per_request_energy_j
-from harness.energy.base import MeterError
+from harness.energy.base import MeterError, Window
 from harness.energy.nvml import gpu_snapshot
 from harness.energy.steady import FLAG_SHORT_STEADY, STEADY_MIN_S
 from harness.preflight import preflight
 from harness.record import provenance
 from harness.record.atomic import write_jsonl_atomic
 from harness.record.redact import redact_serve
-from harness.record.result import RunResult, append_row, flat_row, jsonable, new_run_dir, write_result
+from harness.record.result import RunPaths, RunResult, append_row, flat_row, jsonable, new_run_dir, write_result
 from harness.record.resume import find_resume, in_sample_order
 from harness.record.summary import print_summary
+from harness.replay.client import ReplayResult
 from harness.replay.stats import summarize_requests
 from harness.replay.watchdog import error_rate_failure, guarded_replay
 from harness.replay.workloads import load_workload
@@ -30,9 +31,42 @@ from harness.score.baseline import gate_against_baseline
 from harness.score.lmeval.engine import engine_quality, run_engine
 from harness.score.offline_run import run_offline
 from harness.score.quality import score
+from harness.serve.capabilities import PlatformCheck
 from harness.serve.vllm import VllmServer
 
 SERVED_NAME = "model"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every step of one run is told: its config, the platform check, where it writes, when it began."""
+    run_cfg: RunConfig
+    config_dict: dict[str, Any]  # the resolved config as stored with the result (secrets redacted)
+    check: PlatformCheck
+    paths: RunPaths
+    started: datetime
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What serving the model and replaying the suite gave: the serve-and-measure step's result.
+
+    ``windows`` are the energy windows in order (idle, suite or suite_partial, steady, lm_eval);
+    ``reused`` the records a resumed run took from the failed run it resumes; ``failure`` the
+    server death or watchdog stop that cut the replay short, if any.
+    """
+
+    samples: tuple[Any, ...]
+    played: ReplayResult
+    windows: tuple[Window, ...]
+    source: str
+    lm_eval: Any | None
+    per_request_j: dict[str, float]
+    gpu: dict[str, Any] | None
+    model_dir: str
+    failure: BaseException | None
+    reused: tuple[Any, ...]
+    resumed_from: str | None
 
 
 def run(run_cfg: RunConfig, config_dict: dict[str, Any], console=None) -> RunResult:
@@ -53,18 +87,18 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any], console=None) -> RunRes
     if resume is not None:
         _say(console, f"resuming failed run {resume.run_id}: {len(resume.records)} of {len(samples)} "
                       f"requests already completed, replaying the rest")
+    ctx = RunContext(run_cfg, config_dict, check, paths, started)
     try:
         model_dir = build_variant(run_cfg, check.compress, log=lambda m: _say(console, m))
-        measured = _serve_and_measure(run_cfg, check, model_dir, paths, samples, resume)
+        measured = _serve_and_measure(ctx, model_dir, samples, resume)
     except (KeyboardInterrupt, Exception) as err:  # noqa: BLE001 - recorded, then re-raised
         # Ctrl-C raises a bare KeyboardInterrupt; SIGTERM's handler names its signal.
         reason = str(err) or ("interrupted by SIGINT (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else "")
-        _record(run_cfg, config_dict, check, paths, started, None, error=f"{type(err).__name__}: {reason}",
-                energy=getattr(err, "partial_energy", None))
+        _record(ctx, None, error=f"{type(err).__name__}: {reason}", energy=getattr(err, "partial_energy", None))
         raise
-    failure = measured["failure"] or _too_many_errors(run_cfg, measured)
+    failure = measured.failure or _too_many_errors(run_cfg, measured)
     error = None if failure is None else f"{type(failure).__name__}: {failure}"
-    result = _record(run_cfg, config_dict, check, paths, started, measured, error=error)
+    result = _record(ctx, measured, error=error)
     if failure is not None:
         raise failure
 
@@ -72,10 +106,9 @@ def run(run_cfg: RunConfig, config_dict: dict[str, Any], console=None) -> RunRes
     return result
 
 
-def _too_many_errors(run_cfg: RunConfig, measured: dict[str, Any]):
+def _too_many_errors(run_cfg: RunConfig, measured: Measured):
     """A RunFailed when the share of failed requests (reused ones included) is over the limit."""
-
-    records = [*measured["reused"], *measured["played"].records]
+    records = [*measured.reused, *measured.played.records]
     return error_rate_failure(records, run_cfg.workload.max_error_rate)
 
 
@@ -83,15 +116,16 @@ def _say(console, message: str) -> None:
     (console.print if console is not None else print)(message)
 
 
-def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths, samples, resume) -> dict[str, Any]:
+def _serve_and_measure(ctx: RunContext, model_dir: Path, samples, resume) -> Measured:
     """Serves the model, records the idle and suite windows (and steady), replays the suite.
 
     Samples already answered by ``resume`` are not sent again. If the server dies during the
     replay, the replay stops within a watchdog interval and the result holds the completed
     requests, the idle window and a "suite_partial" window up to the death, plus the failure.
     """
+    run_cfg, check, paths = ctx.run_cfg, ctx.check, ctx.paths
     wl = run_cfg.workload
-    reused = resume.records if resume is not None else ()
+    reused = tuple(resume.records) if resume is not None else ()
     done_ids = {r.id for r in reused}
     todo = [s for s in samples if str(s.id) not in done_ids]
     with VllmServer(model_dir, check.serve, paths.root, served_model_name=SERVED_NAME,
@@ -124,15 +158,13 @@ def _serve_and_measure(run_cfg: RunConfig, check, model_dir: Path, paths, sample
             except BaseException as err:  # noqa: BLE001 - Ctrl-C, SIGTERM or a crash: keep the energy, re-raise
                 _keep_partial_energy(err, meter, paths, state)
                 raise
-    windows = [w for w in (idle, suite, steady, lm_run and lm_run.window) if w is not None]
-    return {"samples": samples, "played": played, "windows": windows, "source": source, "lm_eval": lm_run,
-            "per_request_j": per_request, "gpu": gpu, "model_dir": str(model_dir),
-            "failure": guarded.failure, "reused": reused, "resumed_from": resume.run_id if resume else None}
+    windows = tuple(w for w in (idle, suite, steady, lm_run and lm_run.window) if w is not None)
+    return Measured(tuple(samples), played, windows, source, lm_run, per_request, gpu, str(model_dir), guarded.failure,
+                    reused, resume.run_id if resume else None)
 
 
 def _steady(meter, span: tuple[float, float]):
     """The steady window over ``span``, flagged (not dropped) when shorter than STEADY_MIN_S."""
-
     window = meter.energy_between(*span, name="steady")
     if window.duration_s < STEADY_MIN_S:
         window = dataclasses.replace(window, flags=(*window.flags, FLAG_SHORT_STEADY))
@@ -174,37 +206,38 @@ def _meter_settings(run_cfg: RunConfig, server) -> dict[str, Any]:
     return {"hz": e.sample_hz, "pid": server.pgid, "busy_core_w": per_core_w, "idle_w": e.cpu_idle_w}
 
 
-def _record(run_cfg, config_dict, check, paths, started, measured, error, energy=None):
+def _record(ctx: RunContext, measured: Measured | None, error: str | None, energy: dict | None = None) -> RunResult:
     """Scores, gates and writes result.json, requests.jsonl and one runs.jsonl row.
 
     ``energy`` is what an interrupted run measured before it stopped (when ``measured`` is None).
     """
+    run_cfg, config_dict, check, paths = ctx.run_cfg, ctx.config_dict, ctx.check, ctx.paths
     serve = {"effective": redact_serve(jsonable(asdict(check.serve))), "platform": check.platform.describe(),
              "fallbacks": [asdict(f) for f in check.fallbacks]}
     quality, gate, stats = {}, None, (None, None, None)
     energy = energy or {"source": None, "windows": []}
     extra = {}
     if measured is not None:
-        played, failed = measured["played"], measured["failure"] is not None
-        records = in_sample_order([*measured["reused"], *played.records], measured["samples"])
+        played, failed = measured.played, measured.failure is not None
+        records = in_sample_order([*measured.reused, *played.records], measured.samples)
         write_jsonl_atomic(paths.requests, [asdict(r) for r in records])
         answered = {r.id for r in records}
         # A run cut short is scored over the samples it answered, not diluted by the rest.
-        samples = [s for s in measured["samples"] if str(s.id) in answered] if failed else measured["samples"]
+        samples = [s for s in measured.samples if str(s.id) in answered] if failed else list(measured.samples)
         report = score(samples, records, metric=run_cfg.workload.metric) if samples else None
-        report, quality = engine_quality(measured.get("lm_eval"), report)  # lm-eval's items when it ran
-        energy = {"source": measured["source"], "windows": [w.to_dict() for w in measured["windows"]],
-                  "per_request_j": measured["per_request_j"], "gpu": measured["gpu"]}
+        report, quality = engine_quality(measured.lm_eval, report)  # lm-eval's items when it ran
+        energy = {"source": measured.source, "windows": [w.to_dict() for w in measured.windows],
+                  "per_request_j": measured.per_request_j, "gpu": measured.gpu}
         # Latency and throughput describe this run's own replay (its energy windows cover only it).
         stats = summarize_requests(played.records, played.duration_s) if played.records else stats
         gate = gate_against_baseline(run_cfg, config_dict, report, energy) if error is None else None
-        serve["model_dir"] = measured["model_dir"]
-        if measured["resumed_from"]:
-            extra = {"resume": {"resumed_from": measured["resumed_from"], "reused_requests": len(measured["reused"]),
+        serve["model_dir"] = measured.model_dir
+        if measured.resumed_from:
+            extra = {"resume": {"resumed_from": measured.resumed_from, "reused_requests": len(measured.reused),
                                 "replayed_requests": len(played.records)}}
     result = RunResult(
         run_id=paths.root.name, variant=run_cfg.name, status="ok" if error is None else "failed",
-        started_at=started.isoformat(), ended_at=datetime.now(timezone.utc).isoformat(),
+        started_at=ctx.started.isoformat(), ended_at=datetime.now(timezone.utc).isoformat(),
         config=config_dict, provenance={**provenance.collect(), **extra}, serve=serve, energy=energy,
         quality=quality, latency=stats[0], throughput=stats[1], counts=stats[2], gate=gate, error=error,
     )

@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -195,6 +195,36 @@ class RunResult:
 def write_result(run_dir: Path | str, result: RunResult) -> Path:
     """Writes result.json into `run_dir` atomically (NaN becomes null); returns its path."""
     return write_json_atomic(Path(run_dir) / RESULT_FILE, _finite(result.to_dict()))
+
+
+# Config groups two runs must share to be compared (gated, resumed into, submitted as measured).
+SAME_SETUP = ("model", "workload", "sampling")
+
+
+def runs_newest_first(results_dir: Path | str, variant: str, status: str | None = None) -> Iterator[tuple[dict, RunResult]]:
+    """(runs.jsonl row, its RunResult) of each run of ``variant``, newest first: the one lookup
+    behind baselines, resumes and submissions.
+
+    Rows with another ``status`` (when given), a missing result.json, or one written by
+    another schema version are skipped.
+    """
+    runs = Path(results_dir) / "runs"
+    for row in reversed(read_rows(Path(results_dir) / "runs.jsonl")):
+        if row.get("variant") != variant or (status is not None and row.get("status") != status):
+            continue
+        run_dir = runs / str(row.get("run_id"))
+        if not (run_dir / RESULT_FILE).is_file():
+            continue
+        try:
+            result = load_result(run_dir)
+        except ValueError:  # another schema version: not comparable
+            continue
+        yield row, result
+
+
+def same_setup(config: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """Whether two resolved configs share model, workload and sampling (SAME_SETUP)."""
+    return all(config.get(k) == other.get(k) for k in SAME_SETUP)
 
 
 def load_result(run_dir: Path | str) -> RunResult:

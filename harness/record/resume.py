@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.record.result import runs_newest_first
+
 
 @dataclass(frozen=True)
 class Resume:
@@ -25,17 +27,9 @@ def find_resume(results_dir: Path | str, variant: str, config: Mapping[str, Any]
     completed without error and at least one suite sample is still missing. Only requests
     whose id is in ``sample_ids`` count.
     """
-    from harness.record.result import load_result, read_rows
-
     runs = Path(results_dir) / "runs"
-    for row in reversed(read_rows(Path(results_dir) / "runs.jsonl")):
-        if row.get("variant") != variant or not (runs / str(row.get("run_id")) / "result.json").is_file():
-            continue
-        try:
-            same = dict(load_result(runs / row["run_id"]).config) == dict(config)
-        except ValueError:  # written by another schema version: not comparable
-            continue
-        if not same:
+    for row, result in runs_newest_first(results_dir, variant):
+        if dict(result.config) != dict(config):
             continue
         if row.get("status") != "failed":
             return None  # the newest comparable run succeeded: start afresh

@@ -6,26 +6,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.config.schema import RunConfig
+from harness.record.result import runs_newest_first, same_setup
 
 # Settings that must match for two runs to be compared: same base model, suite and sampling.
-SAME_SETUP = ("model", "workload", "sampling")
 
 
 def find_baseline(results_dir: Path | str, baseline_variant: str, config: Mapping[str, Any]):
-    """The newest successful run of `baseline_variant` with the same setup, or None."""
-    from harness.record.result import load_result, read_rows
+    """The newest successful run of `baseline_variant` with the same setup and quality engine, or None."""
     from harness.score.lmeval.settings import quality_source
 
-    runs = Path(results_dir) / "runs"
-    for row in reversed(read_rows(Path(results_dir) / "runs.jsonl")):
-        if row.get("variant") != baseline_variant or row.get("status") != "ok":
-            continue
-        run_dir = runs / row["run_id"]
-        if not (run_dir / "result.json").is_file():
-            continue
-        result = load_result(run_dir)
+    for _, result in runs_newest_first(results_dir, baseline_variant, status="ok"):
         same_quality = quality_source(result.config) == quality_source(config)  # same engine and tasks
-        if same_quality and all(result.config.get(k) == config.get(k) for k in SAME_SETUP):
+        if same_quality and same_setup(result.config, config):
             return result
     return None
 

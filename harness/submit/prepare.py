@@ -11,8 +11,8 @@ from typing import Any
 
 from harness.config.schema import ConfigError, RunConfig
 from harness.errors import HarnessError
+from harness.record.result import runs_newest_first, same_setup
 
-SETUP = ("model", "workload", "sampling")
 # Checkpoint files that make up a servable model; anything else (training logs, caches) stays behind.
 CHECKPOINT_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
                     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -28,19 +28,11 @@ class SubmitError(HarnessError, RuntimeError):
 
 def newest_ok_run(run_cfg: RunConfig, config: dict[str, Any]):
     """The newest successful run of `run_cfg.name` with the same model, suite and sampling."""
-    from harness.record.result import load_result, read_rows
-
     results = Path(run_cfg.results_dir)
     seen = []
-    for row in reversed(read_rows(results / "runs.jsonl")):
-        if row.get("variant") != run_cfg.name or row.get("status") != "ok":
-            continue
-        run_dir = results / "runs" / row["run_id"]
-        if not (run_dir / "result.json").is_file():
-            continue
-        result = load_result(run_dir)
-        if all(result.config.get(k) == config.get(k) for k in SETUP):
-            return result, run_dir
+    for row, result in runs_newest_first(results, run_cfg.name, status="ok"):
+        if same_setup(result.config, config):
+            return result, results / "runs" / row["run_id"]
         seen.append(row["run_id"])
     hint = (f"runs {', '.join(seen)} differ in model, workload or sampling: pass the overrides they ran with "
             "(e.g. workload.limit=8)") if seen else f"run `python -m harness +variant={run_cfg.name}` first"
