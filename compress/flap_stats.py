@@ -21,13 +21,6 @@ DOWN_PROJ = re.compile(r"(?:.*\.)?layers\.(\d+)\.mlp\.down_proj$")
 LANGUAGE_PREFIX = "model.language_model.layers."
 
 
-def describe_calibration(calibration, num_samples: int, seed: int) -> tuple[list, dict]:
-    """The calibration items (``num_samples`` drawn when ``calibration`` is a source) and their lineage."""
-    from compress.calibration import resolve
-
-    return resolve(calibration, num_samples, seed, "flap")
-
-
 def down_proj_stats(src_dir: Path, calibration: Iterable, tokens: str = "all") -> dict[int, RunningStats]:
     """Decoder layer index -> RunningStats of its down_proj input over the calibration tokens.
 

@@ -98,8 +98,9 @@ def prune_checkpoint(src_dir: Path, out_dir: Path, config: FlapConfig, calibrati
     Returns:
         out_dir.
     """
+    from compress.calibration import resolve
     from compress.export import copy_side_files
-    from compress.flap_stats import describe_calibration, down_proj_stats
+    from compress.flap_stats import down_proj_stats
     from compress.folders import atomic_folder, check_paths
     from compress.lineage import write_recipe
 
@@ -114,7 +115,7 @@ def prune_checkpoint(src_dir: Path, out_dir: Path, config: FlapConfig, calibrati
     started = time.perf_counter()
     stats, described = None, None
     if config.needs_calibration:
-        items, described = describe_calibration(calibration, config.num_samples, config.seed)
+        items, described = resolve(calibration, config.num_samples, config.seed, "flap")
         stats = down_proj_stats(src_dir, items, config.calibration_tokens)
         described["tokens"] = config.calibration_tokens
     read = _reader(locations)
