@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import hydra
@@ -12,20 +13,19 @@ from harness.errors import HarnessError
 from harness.record.result import config_dict
 
 
-def ensure_baseline(run_cfg: RunConfig, overrides: list[str], console) -> None:
-    """Runs the baseline variant first when no comparable baseline result exists yet."""
-    from harness.pipeline import run
+def baseline_config(run_cfg: RunConfig, overrides: list[str]) -> RunConfig | None:
+    """The baseline measured alongside ``run_cfg`` (same model, suite, sampling, serving), or None.
+
+    None when the run is the baseline itself, or a variant no server can run here (it is
+    scored offline and never gated, so measuring a baseline would be wasted).
+    """
     from harness.preflight import preflight
-    from harness.score.baseline import baseline_overrides, find_baseline
+    from harness.score.baseline import baseline_overrides
 
     baseline = run_cfg.quality.baseline_variant
-    if run_cfg.name == baseline or find_baseline(run_cfg.results_dir, baseline, config_dict(run_cfg)):
-        return
-    if preflight(run_cfg).unservable:  # refuse an impossible variant before spending time on its baseline
-        return  # scored offline, never gated: no baseline needed
-    base_cfg = compose([f"+variant={baseline}", *baseline_overrides(overrides)])
-    console.print(f"[bold]no comparable {baseline} result in {run_cfg.results_dir}: running the baseline first[/]")
-    run(base_cfg, config_dict(base_cfg), console)
+    if run_cfg.name == baseline or preflight(run_cfg).unservable:
+        return None
+    return compose([f"+variant={baseline}", *baseline_overrides(overrides)])
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -39,12 +39,14 @@ def _app(cfg: DictConfig) -> dict | None:
     from harness.pipeline import run
 
     console = Console()
+    for noisy in ("httpx", "httpx2", "httpcore"):  # one INFO line per request would bury the run's own output
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     hydra_cfg = HydraConfig.get()
     variant = str(cfg.get("name", "?"))
     try:
         run_cfg = to_run_config(cfg)
-        ensure_baseline(run_cfg, list(hydra_cfg.overrides.task), console)
-        run(run_cfg, config_dict(run_cfg), console)
+        base_cfg = baseline_config(run_cfg, list(hydra_cfg.overrides.task))
+        run(run_cfg, config_dict(run_cfg), console, baseline=base_cfg)
     except Exception as err:  # noqa: BLE001 - user errors become one line; others re-raise
         if hydra_cfg.mode == RunMode.MULTIRUN:
             console.print(f"[red]job {hydra_cfg.job.num} ({variant}) failed:[/] {_first_line(err)}",

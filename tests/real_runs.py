@@ -12,7 +12,7 @@ from tests.procs import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 LIMIT = 8  # two items per family
-COMMON = (f"workload.limit={LIMIT}", "energy.idle_s=1")
+COMMON = (f"workload.limit={LIMIT}", "energy.idle_s=1", "trials=2")
 # Each test module that imports the fixture gets its own copy of it; this makes them share one set of runs.
 _MADE: dict[str, Path] = {}
 

@@ -80,7 +80,7 @@ def test_prune_distill_w4a16_variant_builds_three_steps_and_is_scored(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     cache = tmp_path / "cache"
-    args = ["+variant=prune_distill_w4a16", "compress.steps.1.steps=4", "compress.steps.1.num_samples=32",
+    args = ["+variant=prune_distill_w4a16", "trials=1", "compress.steps.1.steps=4", "compress.steps.1.num_samples=32",
             "compress.steps.1.eval_samples=8", "compress.steps.0.num_samples=16", "workload.limit=8",
             f"results_dir={tmp_path}", f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     if detect_platform().avx512:

@@ -17,7 +17,8 @@ from tests.procs import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN_JOB = ("+variant=fp8",)  # the README's main command, exactly as written there
-SUITE = 40  # conf/workload/synthetic.yaml limit
+SUITE = 20  # conf/workload/synthetic.yaml limit
+TRIALS = 3  # conf/config.yaml trials
 IDLE_S = 5.0  # conf/energy/default.yaml idle_s
 
 
@@ -127,7 +128,7 @@ def test_missing_kernel_stops_before_serving_and_scores_the_checkpoint_offline(t
     if detect_platform().avx512:
         pytest.skip("this CPU has the AVX-512 int4 kernel")
     cache = tmp_path / "cache"
-    proc = harness("+variant=w4a16_rtn", "workload.limit=12", f"results_dir={tmp_path}", f"cache_dir={cache}",
+    proc = harness("+variant=w4a16_rtn", "trials=1", "workload.limit=12", f"results_dir={tmp_path}", f"cache_dir={cache}",
                    f"hydra.run.dir={tmp_path / 'hydra'}", cwd=REPO, timeout=600)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
@@ -152,7 +153,7 @@ def test_int4_is_served_by_vllm_on_an_avx512_cpu(main_job, tmp_path):
         pytest.skip("this CPU has no AVX-512 int4 kernel: the offline path is tested instead")
     work, _ = main_job
     results = shutil.copytree(work / "results", tmp_path / "results")  # its bf16 run is the baseline
-    proc = harness("+variant=w4a16_rtn", f"results_dir={results}", f"cache_dir={tmp_path / 'cache'}",
+    proc = harness("+variant=w4a16_rtn", "trials=1", f"results_dir={results}", f"cache_dir={tmp_path / 'cache'}",
                    f"hydra.run.dir={tmp_path / 'hydra'}", cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _runs(results)
@@ -166,3 +167,44 @@ def test_int4_is_served_by_vllm_on_an_avx512_cpu(main_job, tmp_path):
     result = json.loads((run_dir / "result.json").read_text())
     assert result["gate"]["baseline_run_id"] == rows[0]["run_id"]
     assert {w["name"] for w in result["energy"]["windows"]} >= {"idle", "suite"}
+
+
+@pytest.mark.server
+def test_trials_interleave_with_the_baseline_from_cold_caches(main_job):
+    """The default main job measures each side in TRIALS trials, B V V B B V, each from emptied caches."""
+    work, proc = main_job
+    base, variant = (_result(work, row) for row in _runs(work / "results"))
+    positions = {(r["variant"], t["trial"]): t["position"] for r in (base, variant) for t in r["energy"]["trials"]}
+    assert sorted(positions.values()) == list(range(2 * TRIALS))
+    order = [name for name, _ in sorted(positions, key=positions.get)]
+    assert order[:4] == ["bf16", "fp8", "fp8", "bf16"]
+    for result in (base, variant):
+        trials = result["energy"]["trials"]
+        assert [t["trial"] for t in trials] == list(range(1, TRIALS + 1))
+        assert all(t["suite"]["name"] == "suite" and t["suite"]["energy_j"] > 0 for t in trials)
+        # Every trial looked up as much as the first and hit no more: the caches were really emptied.
+        first = trials[0]["cache"]
+        assert first["prefix_queries"] > 0 and first["mm_queries"] == SUITE
+        assert all(t["cache"]["prefix_hits"] <= first["prefix_hits"] and t["cache"]["mm_hits"] == 0 for t in trials)
+        assert result["serve"]["cache_config"]["enable_prefix_caching"] == "True"  # what vLLM used, not null
+        assert all(t["active_j"] < t["suite"]["energy_j"] for t in trials)  # idle power x time taken off
+    gate = variant["gate"]["energy"]
+    assert gate["trials"] == TRIALS and gate["basis"] == "suite_window_per_trial"
+    assert gate["variant_j"] == [t["suite"]["energy_j"] for t in variant["energy"]["trials"]]
+    assert gate["ci_low"] <= gate["ratio"] <= gate["ci_high"]
+    assert f"{TRIALS} trials" in proc.stdout and "interval over trials" in proc.stdout.replace("\n", " ")
+
+
+@pytest.mark.server
+def test_seeds_come_from_sample_ids_and_warm_up_stays_outside_the_suite(main_job):
+    from harness.replay.client import sample_seed
+
+    work, _ = main_job
+    seeds = []
+    for row in _runs(work / "results"):
+        requests = [json.loads(line) for line in (work / "results" / "runs" / row["run_id"] / "requests.jsonl")
+                    .read_text().splitlines()]
+        assert all(r["seed"] == sample_seed(0, r["id"]) for r in requests)
+        seeds.append({r["id"]: r["seed"] for r in requests})
+    assert seeds[0] == seeds[1]  # baseline and variant sample alike
+    assert len(set(seeds[0].values())) == SUITE

@@ -17,7 +17,7 @@ LIMIT = 4
 def chartqa_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict]]:
     data, rows = chartqa(tmp_path_factory.mktemp("chartqa"))
     results = tmp_path_factory.mktemp("results")
-    proc = harness("+variant=bf16", "workload=chartqa", f"workload.path={data}", f"workload.limit={LIMIT}",
+    proc = harness("+variant=bf16", "trials=1", "workload=chartqa", f"workload.path={data}", f"workload.limit={LIMIT}",
                    "energy.idle_s=1", f"results_dir={results}", f"cache_dir={results / 'cache'}",
                    f"hydra.run.dir={results / 'hydra'}", cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -47,7 +47,7 @@ def test_result_carries_the_workload_metric_and_per_item_scores(chartqa_run) -> 
 def test_a_missing_column_stops_before_any_build(tmp_path) -> None:
     data, _ = chartqa(tmp_path / "chartqa")
     cache = tmp_path / "cache"
-    proc = harness("+variant=bf16", "workload=chartqa", f"workload.path={data}", "workload.columns.question=question",
+    proc = harness("+variant=bf16", "trials=1", "workload=chartqa", f"workload.path={data}", "workload.columns.question=question",
                    f"results_dir={tmp_path}", f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'hydra'}",
                    cwd=REPO, timeout=300)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]

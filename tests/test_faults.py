@@ -22,7 +22,7 @@ KILL_AFTER = 3  # completed requests on disk before the server is killed
 
 
 def _command(results: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "harness", "+variant=bf16", f"workload.limit={LIMIT}", "energy.idle_s=1",
+    return [sys.executable, "-m", "harness", "+variant=bf16", f"workload.limit={LIMIT}", "energy.idle_s=1", "trials=1",
             f"results_dir={results}", f"cache_dir={results / 'cache'}", f"hydra.run.dir={results / 'hydra'}", *extra]
 
 

@@ -1,10 +1,11 @@
-"""The quality gate's verdicts and the energy comparison, with bootstrap intervals."""
+"""The quality gate's verdicts (paired bootstrap over items) and the energy comparison over paired trials."""
 
 from __future__ import annotations
 
 import pytest
 
-from harness.score.gate import compare_energy, gate
+from harness.score.energy import compare_trials
+from harness.score.gate import gate
 from harness.score.quality import ItemScore, aggregate
 
 
@@ -86,40 +87,66 @@ def test_gate_refuses_runs_that_are_not_comparable():
 
 
 def test_gate_to_dict_carries_the_energy_comparison():
-    energy = compare_energy([10.0, 11.0, 10.5], [20.0, 21.0, 19.0], variant_source="measured", baseline_source="measured")
+    energy = compare_trials([10.0, 11.0, 10.5], [20.0, 21.0, 19.0], variant_source="measured", baseline_source="measured")
     as_dict = gate(BASELINE, BASELINE, energy=energy).to_dict()
     assert as_dict["verdict"] == "pass"
-    assert as_dict["energy"]["ratio"]["point"] == pytest.approx(10.5 / 20.0)
+    assert as_dict["energy"]["ratio"] == pytest.approx((10 / 20 * 11 / 21 * 10.5 / 19) ** (1 / 3))
+    assert as_dict["energy"]["basis"] == "suite_window_per_trial"
     assert set(as_dict["per_task"]) == {"colour", "corner"}
 
 
-def test_per_request_energy_paired_finds_a_real_gap():
-    baseline = {f"r{i}": 2.0 + 0.5 * (i % 7) for i in range(60)}  # joules, varying request sizes
-    variant = {rid: 0.6 * joules for rid, joules in baseline.items()}
-    result = compare_energy(variant, baseline, variant_source="measured", baseline_source="measured", seed=2)
-    assert result.basis == "per_request" and result.ratio.paired
-    assert result.ratio.point == pytest.approx(0.6)
-    assert result.ratio.ci_high < 1.0
-    assert result.gap == "lower"
-    assert result.variant_energy_j == pytest.approx(sum(variant.values()))
+def test_paired_trials_find_a_real_gap():
+    baseline = [100.0, 103.0, 98.0, 101.0, 99.0]  # joules per trial, drifting
+    variant = [0.6 * j for j in baseline]
+    result = compare_trials(variant, baseline, variant_source="measured", baseline_source="measured")
+    assert result.ratio == pytest.approx(0.6) and result.ci_high < 1.0
+    assert result.gap == "lower" and result.trials == 5
+    assert result.variant_mean_j == pytest.approx(0.6 * sum(baseline) / 5)
     assert result.source == "measured"
+    assert "variant uses less" in result.describe()
 
 
-def test_overlapping_repeats_leave_the_gap_unresolved_and_modeled_taints_the_source():
-    result = compare_energy([100.0, 96.0, 104.0], [101.0, 95.0, 103.0], variant_source="modeled", baseline_source="measured")
-    assert result.basis == "per_repeat"
+def test_overlapping_trials_leave_the_gap_unresolved_and_modeled_taints_the_source():
+    result = compare_trials([100.0, 96.0, 104.0], [101.0, 95.0, 103.0], variant_source="modeled",
+                            baseline_source="measured")
     assert result.gap == "not_resolved"
     assert result.source == "modeled"
-    assert result.ratio.ci_low <= result.ratio.point <= result.ratio.ci_high
+    assert result.ci_low <= result.ratio <= result.ci_high
 
 
-def test_energy_comparison_refuses_what_has_no_interval():
-    with pytest.raises(ValueError, match="at least 2 values"):
-        compare_energy([100.0], [120.0], variant_source="measured", baseline_source="measured")
-    with pytest.raises(ValueError, match="same way"):
-        compare_energy({"a": 1.0, "b": 2.0}, [1.0, 2.0], variant_source="measured", baseline_source="measured")
+def test_one_trial_gives_a_ratio_but_no_interval_and_no_verdict():
+    result = compare_trials([90.0], [100.0], variant_source="measured", baseline_source="measured")
+    assert result.ratio == pytest.approx(0.9)
+    assert (result.ci_low, result.ci_high, result.gap) == (None, None, "not_measured")
+    assert "no gap is claimed" in result.describe()
+
+
+def test_energy_comparison_refuses_what_it_cannot_compare():
+    with pytest.raises(ValueError, match="same number of trials"):
+        compare_trials([100.0, 101.0], [120.0], variant_source="measured", baseline_source="measured")
+    with pytest.raises(ValueError, match="positive, finite"):
+        compare_trials([0.0, 1.0], [1.0, 2.0], variant_source="measured", baseline_source="measured")
     with pytest.raises(ValueError, match="'measured' or 'modeled'"):
-        compare_energy([1.0, 2.0], [1.0, 2.0], variant_source="estimated", baseline_source="measured")
+        compare_trials([1.0, 2.0], [1.0, 2.0], variant_source="estimated", baseline_source="measured")
+
+
+def test_a_variant_at_exactly_the_threshold_passes():
+    # 24 of 40 right against 30 of 40: exactly 80%, though 0.6 / 0.75 is 0.7999999999999999 in floats.
+    def counted(right: int):
+        return aggregate("exact", [ItemScore(f"i{i}", "colour", float(i < right), "scored") for i in range(40)])
+
+    variant, baseline = counted(24), counted(30)
+    assert variant.overall / baseline.overall < 0.8  # the float rounding this test is about
+    result = gate(variant, baseline, threshold=0.8, seed=0)
+    assert result.point_pass
+    assert result.overall.point == pytest.approx(0.8)
+
+
+def test_interval_bounds_are_stable_across_seeds():
+    variant, baseline = report({"colour": 7, "corner": 6, "count": 8}, 20), report({"colour": 8, "corner": 7, "count": 9}, 20)
+    runs = [gate(variant, baseline, seed=seed) for seed in range(5)]
+    lows, highs = [r.overall.ci_low for r in runs], [r.overall.ci_high for r in runs]
+    assert max(lows) - min(lows) < 0.002 and max(highs) - min(highs) < 0.002
 
 
 def test_runs_with_different_sampling_are_not_gated():

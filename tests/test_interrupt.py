@@ -74,7 +74,7 @@ class Chain:
     def __init__(self, root: Path, model: Path) -> None:
         self.root, self.results = root, root / "results"
         self.final: subprocess.CompletedProcess | None = None
-        self.command = [sys.executable, "-m", "harness", "+variant=bf16", f"workload.limit={LIMIT}",
+        self.command = [sys.executable, "-m", "harness", "+variant=bf16", f"workload.limit={LIMIT}", "trials=1",
                         "energy.idle_s=1", "energy.meter=modeled", f"model.path={model}",
                         "sampling.ignore_eos=true", f"sampling.max_tokens={FORCED_TOKENS}",
                         f"results_dir={self.results}", f"cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'hydra'}"]

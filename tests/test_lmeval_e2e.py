@@ -16,7 +16,7 @@ LIMIT = 8
 def lm_eval_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`+variant=bf16_seqs4 quality=lm_eval` with no baseline yet: bf16 runs first, the same way."""
     results = tmp_path_factory.mktemp("results")
-    proc = harness("+variant=bf16_seqs4", "quality=lm_eval", f"workload.limit={LIMIT}", "energy.idle_s=1",
+    proc = harness("+variant=bf16_seqs4", "quality=lm_eval", f"workload.limit={LIMIT}", "energy.idle_s=1", "trials=1",
                    f"results_dir={results}", f"cache_dir={results / 'cache'}",
                    f"hydra.run.dir={results / 'hydra'}", cwd=REPO, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

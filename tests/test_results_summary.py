@@ -6,7 +6,8 @@ from rich.console import Console
 from test_results import make_result
 
 from harness.record.summary import print_summary
-from harness.score.gate import compare_energy, gate
+from harness.score.energy import compare_trials
+from harness.score.gate import gate
 from harness.score.quality import ItemScore, aggregate
 
 
@@ -34,7 +35,7 @@ def test_modeled_energy_is_labelled_modeled_on_every_row():
 def test_summary_shows_quality_with_chance_the_gate_and_the_run_dir(tmp_path):
     items = [ItemScore(f"i{i}", "colour", float(i % 10 < 9), "scored") for i in range(40)]
     baseline = aggregate("exact", items)
-    energy = compare_energy([90.0, 95.0], [150.0, 160.0], variant_source="measured", baseline_source="measured")
+    energy = compare_trials([90.0, 95.0], [150.0, 160.0], variant_source="measured", baseline_source="measured")
     verdict = gate(baseline, baseline, seed=0, energy=energy).to_dict()
     serve = {"fallbacks": [{"setting": "kv_cache_dtype", "requested": "fp8", "effective": "auto",
                             "reason": "FP8 KV cache on CPU needs AVX-512"}]}
@@ -43,7 +44,8 @@ def test_summary_shows_quality_with_chance_the_gate_and_the_run_dir(tmp_path):
     assert "colour" in text and "0.900" in text
     assert "0.167" in text  # chance level of the six-colour family
     assert "Gate: PASS" in text and "quality ratio 1.000 [1.000, 1.000]" in text
-    assert f"energy ratio {92.5 / 155.0:.3f}" in text and "gap lower" in text
+    ratio = (90 / 150 * 95 / 160) ** 0.5
+    assert f"energy ratio {ratio:.3f} (measured, 2 trials), 95% interval over trials" in text.replace("\n", " ")
     assert "Scored 0 by rule: 2 truncated, 1 missing" in text
     assert "Fallback: kv_cache_dtype fp8 -> auto" in text
     assert "ttft_ms p50/p90/p99 20.0/30.0/45.0" in text and "120.5 output tok/s" in text

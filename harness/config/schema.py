@@ -132,7 +132,7 @@ class QualityConfig:
     baseline_variant: str = "bf16"
     rule: Literal["mean", "every_task"] = "mean"
     threshold: float = 0.8
-    bootstrap_n: int = 1000
+    bootstrap_n: int = 50_000
     confidence: float = 0.95
     seed: int = 0
     # harness: score the suite replay; lm_eval: score lm-eval tasks run on the same server.
@@ -154,6 +154,9 @@ class RunConfig:
     quality: QualityConfig
     results_dir: str = "results"
     cache_dir: str = ".cache/variants"
+    trials: int = 3
+    trial_server: Literal["shared", "fresh"] = "shared"
+    trial_order: Literal["abba", "alternate"] = "abba"
 
 
 _GROUP_SCHEMAS = {
@@ -251,6 +254,7 @@ def _check_values(run: RunConfig) -> None:
     if budget is not None and budget not in SOFT_TOKEN_BUDGETS:
         raise ConfigError(f"serve.max_soft_tokens={budget} is not a Gemma 4 budget; use one of {SOFT_TOKEN_BUDGETS}")
     positive = {
+        "trials": run.trials,
         "workload.limit": run.workload.limit,
         "workload.concurrency": run.workload.concurrency,
         "workload.rate_rps": run.workload.rate_rps,

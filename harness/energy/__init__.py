@@ -9,10 +9,14 @@ from typing import Any
 from harness.energy.base import Meter, MeterClosedError, MeterError, TraceRow, Window
 from harness.energy.steady import steady_window
 
-__all__ = ["KINDS", "Meter", "MeterClosedError", "MeterError", "TraceRow", "Window", "make_meter",
+__all__ = ["KINDS", "MEASUREMENT_VERSION", "Meter", "MeterClosedError", "MeterError", "TraceRow", "Window", "make_meter",
            "check_meter", "meter_class", "steady_window"]
 
 KINDS = ("auto", "nvml", "rapl", "modeled")
+# Bumped whenever what a window measures changes (its edges, the warm-up and idle before it, the
+# meter's arithmetic): results of different versions are not compared with each other.
+# 2: trials; warm-up outside the suite; caches reset between trials; seeds from sample ids.
+MEASUREMENT_VERSION = 2
 log = logging.getLogger(__name__)
 
 

@@ -21,6 +21,7 @@ FLAG_SHORT = "shorter_than_resolution"  # duration below the meter's update peri
 FLAG_RESET = "counter_reset"  # a hardware counter went backwards inside the window
 FLAG_ABOVE_LIMIT = "power_above_limit"  # a power reading above the enforced power limit
 FLAG_MISMATCH = "counter_power_mismatch"  # counter and integrated power disagree
+FLAG_STUCK = "counter_stuck"  # the counter (nearly) did not advance while power was reported
 FLAG_FROM_POWER = "energy_from_power_integration"  # no energy counter: power integrated
 
 
@@ -39,8 +40,17 @@ class Window:
     energy_j is the sum over the meter's devices of cumulative energy at end_s minus
     cumulative energy at start_s, each read from the sampled series by linear
     interpolation. power_integral_j is the trapezoidal integral of the reported power
-    over the same span (None where the source reports no power); comparing the two is
-    the integrity cross-check. flags lists integrity problems (empty when none).
+    over the same span (None where the source reports no power). flags lists integrity
+    problems (empty when none).
+
+    counter_power_disagreement is the integrity cross-check as a number, signed and
+    relative: (P - E) / max(P, E), where E is a device's counter energy over the window and
+    P its reported power integrated with the source's averaging lag undone (so P is not
+    power_integral_j where the source reports a trailing mean; see the meter). It lies in
+    [-1, 1]: 0 when they agree, +1 when the counter did not advance at all while power was
+    reported, -1 when power read zero while the counter advanced. With several devices it
+    is the device of largest magnitude. None where no device was compared: no counter or
+    no power reading, or a window shorter than the meter's cross-check span.
     """
 
     name: str
@@ -53,6 +63,7 @@ class Window:
     flags: tuple[str, ...] = ()
     power_integral_j: float | None = None
     per_device_j: tuple[tuple[str, float], ...] = ()
+    counter_power_disagreement: float | None = None
 
     @property
     def avg_power_w(self) -> float:
@@ -118,10 +129,10 @@ class Meter:
         """One Reading per device (in `self.devices` order), taken at wall time t_s."""
         raise NotImplementedError
 
-    def _window_flags(self, device: str, duration_s: float, energy_j: float,
-                      power_integral_j: float | None) -> list[str]:
-        """Source-specific integrity flags for one device's share of a window."""
-        return []
+    def _window_checks(self, device: str, t0_s: float, t1_s: float,
+                       energy_j: float) -> tuple[list[str], float | None]:
+        """Integrity flags for one device's share of a window, and its disagreement (see Window)."""
+        return [], None
 
     def _shutdown(self) -> None:
         """Release the source (called once by close())."""
@@ -198,7 +209,7 @@ class Meter:
     def _window(self, name: str, t0_s: float, t1_s: float) -> Window:
         duration_s = t1_s - t0_s
         flags = [FLAG_SHORT] if duration_s < self.resolution_s else []
-        per_device, integrals = [], []
+        per_device, integrals, disagreements = [], [], []
         with self._lock:
             for device in self.devices:
                 series = self._series[device]
@@ -206,8 +217,10 @@ class Meter:
                 integral_j = series.power_integral_j(t0_s, t1_s)
                 per_device.append((device, energy_j))
                 integrals.append(integral_j)
-                own = self._window_flags(device, duration_s, energy_j, integral_j)
+                own, disagreement = self._window_checks(device, t0_s, t1_s, energy_j)
                 flags += [f"{flag}:{device}" for flag in own]
+                if disagreement is not None:
+                    disagreements.append(disagreement)
             flags += [f"{flag}:{dev}" for lo, hi, dev, flag in self._events if lo < t1_s and hi > t0_s]
         return Window(
             name=name, start_s=t0_s, end_s=t1_s, duration_s=duration_s,
@@ -215,6 +228,7 @@ class Meter:
             device="+".join(self.devices), flags=tuple(dict.fromkeys(flags)),
             power_integral_j=None if None in integrals else sum(integrals),
             per_device_j=tuple(per_device),
+            counter_power_disagreement=max(disagreements, key=abs, default=None),
         )
 
     # --- trace ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from harness.energy.base import (
     FLAG_FROM_POWER,
     FLAG_MISMATCH,
     FLAG_RESET,
+    FLAG_STUCK,
     Meter,
     MeterError,
     Reading,
@@ -20,8 +21,12 @@ from harness.energy.nvml_errors import NvmlError, call, optional
 
 # nvmlDeviceGetPowerUsage reports, on Ampere (other than GA100) and newer, the mean power of
 # the last ~1 s; older GPUs report an instantaneous value. Windows measured only from power
-# are therefore not trusted below this span.
+# are therefore not trusted below this span, and the cross-check undoes this lag.
 POWER_AVERAGE_S = 1.0
+# A counter is stuck when, over a cross-checked window, it advanced by at most this fraction
+# of the energy the reported power integrates to, and that energy exceeds STUCK_MIN_J.
+STUCK_FRACTION = 0.01
+STUCK_MIN_J = 1.0
 
 
 def load_pynvml() -> ModuleType:
@@ -127,10 +132,13 @@ class NvmlMeter(Meter):
     are flagged. Where a GPU has no counter (NVML "not supported", pre-Volta), its energy
     is the trapezoidal integral of nvmlDeviceGetPowerUsage samples and every window says so.
     A counter going backwards (driver reload, wrap) is flagged and that interval is filled
-    from power. Windows of at least `crosscheck_min_s` are flagged when counter energy and
-    integrated power differ by more than `crosscheck_tolerance` (fraction of the counter
-    energy); a power reading above the enforced limit times (1 + power_limit_margin) is
-    flagged. Nothing here changes clocks or power limits.
+    from power. Windows of at least `crosscheck_min_s` carry the counter-vs-power
+    disagreement (Window.counter_power_disagreement), power being integrated shifted by
+    half of `power_avg_s`, the span nvmlDeviceGetPowerUsage averages over (0 for GPUs that
+    report instantaneous power); they are flagged when its magnitude exceeds
+    `crosscheck_tolerance`, and flagged stuck when the counter (nearly) did not advance
+    while power was reported. A power reading above the enforced limit times
+    (1 + power_limit_margin) is flagged. Nothing here changes clocks or power limits.
     """
 
     kind = "nvml"
@@ -146,8 +154,10 @@ class NvmlMeter(Meter):
         crosscheck_tolerance: float = 0.10,
         crosscheck_min_s: float = 5.0,
         power_limit_margin: float = 0.02,
+        power_avg_s: float = POWER_AVERAGE_S,
     ) -> None:
         self._nvml = nvml if nvml is not None else load_pynvml()
+        self.power_avg_s = power_avg_s
         self.crosscheck_tolerance = crosscheck_tolerance
         self.crosscheck_min_s = crosscheck_min_s
         call(self._nvml, "nvmlInit")
@@ -180,18 +190,34 @@ class NvmlMeter(Meter):
             readings.append(Reading(gpu.energy_j, power_w, tuple(events)))
         return readings
 
-    def _window_flags(self, device: str, duration_s: float, energy_j: float,
-                      power_integral_j: float | None) -> list[str]:
+    def _window_checks(self, device: str, t0_s: float, t1_s: float,
+                       energy_j: float) -> tuple[list[str], float | None]:
         gpu = next(g for g in self._gpus if g.label == device)
         if not gpu.has_counter:
-            return [FLAG_FROM_POWER]
-        if power_integral_j is None or duration_s < self.crosscheck_min_s or energy_j <= 0:
-            return []
-        disagreement = abs(power_integral_j - energy_j) / energy_j
-        return [FLAG_MISMATCH] if disagreement > self.crosscheck_tolerance else []
+            return [FLAG_FROM_POWER], None
+        if t1_s - t0_s < self.crosscheck_min_s:
+            return [], None
+        power_j = self._series[device].lagged_power_integral_j(t0_s, t1_s, self.power_avg_s)
+        disagreement = counter_power_disagreement(energy_j, power_j)
+        if disagreement is None:
+            return [], None
+        flags = []
+        if power_j > STUCK_MIN_J and energy_j <= STUCK_FRACTION * power_j:
+            flags.append(FLAG_STUCK)
+        if abs(disagreement) > self.crosscheck_tolerance:
+            flags.append(FLAG_MISMATCH)
+        return flags, disagreement
 
     def _shutdown(self) -> None:
         call(self._nvml, "nvmlShutdown")
+
+
+def counter_power_disagreement(counter_j: float, power_j: float | None) -> float | None:
+    """(power_j - counter_j) / max(power_j, counter_j), in [-1, 1]; None if both are <= 0."""
+    scale_j = max(counter_j, power_j or 0.0)
+    if power_j is None or scale_j <= 0:
+        return None
+    return (power_j - counter_j) / scale_j
 
 
 def gpu_snapshot(index: int, nvml: ModuleType | Any | None = None) -> dict:

@@ -63,6 +63,18 @@ class DeviceSeries:
             for i in range(len(times) - 1)
         )
 
+    def lagged_power_integral_j(self, t0_s: float, t1_s: float, avg_s: float) -> float | None:
+        """Energy over [t0_s, t1_s] (joules) from power reported as a trailing mean over avg_s.
+
+        A reading at t is the mean power over [t - avg_s, t], centred on t - avg_s / 2, so the
+        reported power is integrated over [t0_s + avg_s / 2, t1_s + avg_s / 2] instead: exact
+        where the true power is linear within avg_s / 2 of both ends. Past the last sample the
+        last reading is held (the span is clamped there, not shortened): for a window ending
+        now this is a first-order extrapolation, exact for steady power.
+        """
+        shift_s = avg_s / 2.0
+        return self.power_integral_j(t0_s + shift_s, t1_s + shift_s)
+
 
 def _interpolate(times: list[float], values: list, t_s: float):
     """Piecewise-linear value at t_s (None if a neighbouring value is None); clamped at the ends."""

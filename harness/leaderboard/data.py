@@ -16,7 +16,7 @@ SETUP_SECTIONS = ("model", "workload", "sampling")
 CI_CONFIDENCE = 0.95
 CI_BOOT = 2000
 # Columns a variant's row takes from its newest run rather than averaging over repeats.
-NEWEST_RUN_COLUMNS = ("variant", "group", "model", "hardware", "workload", "energy_source", "is_baseline",
+NEWEST_RUN_COLUMNS = ("variant", "group", "model", "hardware", "workload", "energy_source", "energy_flags", "is_baseline",
                       "gate_threshold", "gate_verdict", "gate_point_pass", "quality_ratio", "quality_ratio_ci_low",
                       "quality_ratio_ci_high", "energy_ratio", "energy_ratio_ci_low", "energy_ratio_ci_high")
 
@@ -96,14 +96,18 @@ def run_row(result, run_dir: Path) -> dict[str, Any]:
     counts, gate = result.counts, result.gate
     reqs = _requests(run_dir)
     ok = [r for r in reqs if r.get("error") is None]
-    energy_j = suite.get("energy_j")
+    trials = [t["suite"] for t in result.energy.get("trials") or [] if t.get("suite")]
+    trial_j = [w["energy_j"] for w in trials if w.get("name") == "suite"] or [suite.get("energy_j")]
+    flags = sorted({f for w in [*trials, suite] for f in w.get("flags", ())})
+    energy_j = sum(trial_j) / len(trial_j) if None not in trial_j else None
     tokens = counts.output_tokens if counts else None
     task_of = {r["id"]: r["task"] for r in reqs}
     row = {
         "run_id": result.run_id, "variant": result.variant, "started_at": result.started_at,
         "model": (result.config.get("model") or {}).get("name"), "hardware": hardware_of(result.provenance),
         "workload": (result.config.get("workload") or {}).get("name"), "setup": setup_key(result),
-        "energy_source": result.energy.get("source"), "suite_energy_j": energy_j,
+        "energy_source": result.energy.get("source"), "suite_energy_j": energy_j, "trial_suite_j": trial_j,
+        "energy_flags": ", ".join(flags) or None,
         "suite_duration_s": suite.get("duration_s"),
         "idle_power_w": idle["energy_j"] / idle["duration_s"] if idle.get("duration_s") else None,
         "requests": counts.requests if counts else len(reqs), "output_tokens": tokens,
@@ -117,7 +121,10 @@ def run_row(result, run_dir: Path) -> dict[str, Any]:
         "latency_ms_list": [r["latency_ms"] for r in ok if r.get("latency_ms") is not None],
         "per_request_j": dict(result.energy.get("per_request_j") or {}), "task_of": task_of,
     }
-    for prefix, ratio in (("quality_ratio", _ratio(gate, "overall")), ("energy_ratio", _ratio(gate, "energy", "ratio"))):
+    energy_cmp = _ratio(gate, "energy")
+    energy_ratio = {"point": energy_cmp.get("ratio"), "ci_low": energy_cmp.get("ci_low"),
+                    "ci_high": energy_cmp.get("ci_high")}
+    for prefix, ratio in (("quality_ratio", _ratio(gate, "overall")), ("energy_ratio", energy_ratio)):
         row.update({prefix: ratio.get("point"), f"{prefix}_ci_low": ratio.get("ci_low"),
                     f"{prefix}_ci_high": ratio.get("ci_high")})
     for task, value in (result.quality.get("per_task") or {}).items():
@@ -177,24 +184,22 @@ def bootstrap_ci(values, reduce, seed: int = 0) -> tuple[float | None, float | N
 
 
 def _suite_energy_ci(runs) -> tuple[float | None, float | None, str]:
-    """The suite energy interval: over repeats when there are several runs, else over items.
+    """The CI_CONFIDENCE t-interval of the mean suite energy over every complete trial of the runs.
 
-    With one run, the per-request attributed energies are resampled (the suite's items
-    drawn again) and the interval of their sum is scaled onto the suite window's energy.
+    Trials, not requests, are what vary between measurements of the whole suite; with fewer
+    than 2 trials there is no interval (basis "none").
     """
-    import numpy as np
+    import math
 
-    if len(runs) >= 2:
-        low, high = bootstrap_ci(runs["suite_energy_j"], np.mean)
-        return low, high, "repeats"
-    row = runs.iloc[0]
-    per_request = list(row["per_request_j"].values())
-    total = sum(per_request)
-    low, high = bootstrap_ci(per_request, np.sum)
-    if low is None or not total or row["suite_energy_j"] is None:
+    from harness.score.energy import t_quantile
+
+    values = [float(j) for trials in runs["trial_suite_j"] for j in trials if j is not None]
+    if len(values) < 2:
         return None, None, "none"
-    scale = row["suite_energy_j"] / total
-    return low * scale, high * scale, "items"
+    n, mean = len(values), sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile(0.5 + CI_CONFIDENCE / 2, n - 1) * sd / math.sqrt(n)
+    return mean - half, mean + half, "trials"
 
 
 def _percentile(lists, q: float) -> float | None:

@@ -12,7 +12,7 @@ from harness.leaderboard.data import Board, build_board
 
 # Columns of leaderboard.csv / .md, in order; quality_<family> columns are inserted before quality_overall.
 COLUMNS = (
-    "rank", "variant", "group", "model", "hardware", "energy_source", "n_runs",
+    "rank", "variant", "group", "model", "hardware", "energy_source", "energy_flags", "n_runs",
     "suite_energy_j", "suite_energy_j_ci_low", "suite_energy_j_ci_high", "suite_energy_j_std", "suite_energy_ci_basis",
     "j_per_request", "j_per_output_token", "idle_power_w", "output_tokens_per_request", "output_tok_per_s",
     "ttft_ms_p50", "ttft_ms_p95", "latency_ms_p50", "latency_ms_p95", "quality_overall",
@@ -92,10 +92,14 @@ def markdown(board: Board, plots: list[Path]) -> str:
         "- Rank: within a group, variants keeping >= the gate threshold of the baseline's quality (point "
         "estimate, as the judges score one run) by suite energy ascending; the others follow unranked.",
         "- suite_energy_j: energy over the whole suite window (first request sent to last answer received), "
-        "mean over repeats; CI basis 'repeats' bootstraps the repeats, 'items' resamples the requests of one run.",
+        "mean over every trial of the variant's runs; CI basis 'trials' is a t-interval over those trials ('none' below 2).",
         "- j_per_request = suite energy / requests; j_per_output_token = suite energy / output tokens; "
         "idle_power_w = idle window energy / its duration (model loaded, no request).",
-        "- quality_ratio and energy_ratio: variant / baseline with their 95% bootstrap intervals (newest run).",
+        "- quality_ratio: variant / baseline with its 95% paired bootstrap interval over items (newest run); "
+        "energy_ratio: variant / baseline suite energy over the newest run's paired trials, with a 95% "
+        "t-interval over those trials (none with one trial: no gap is claimed).",
+        "- energy_flags: integrity flags of any suite window (counter stuck or disagreeing with power, a warm "
+        "cache, ...): a flagged row is ranked but its energy is suspect; read the run's result.json.",
         "- gate: the CI verdict (pass: lower bound >= threshold; fail: upper bound below; else uncertain) and "
         "the point check. Energy sources are never mixed within a group.", "",
     ]

@@ -61,9 +61,33 @@ def _ratio_text(ratio: Mapping[str, Any]) -> str:
     return f"{point} [{low}, {high}] ({confidence:.0f}% CI)"
 
 
+def _trials_line(energy: Mapping[str, Any]) -> str | None:
+    """How many trials were measured and the suite energy's spread over them."""
+    trials = energy.get("trials") or []
+    if not trials:
+        return None
+    sd, mean = energy.get("suite_j_sd"), energy.get("suite_j_mean")
+    spread = f", run-to-run sd {sd / mean:.1%}" if sd is not None and mean else ""
+    partial = " (partial: a resumed run, never compared or ranked)" if energy.get("partial") else ""
+    return (f"Trials: {len(trials)}, mean suite energy {_num(mean)} J ({energy.get('source')}){spread}{partial}")
+
+
+def _energy_line(energy: Mapping[str, Any]) -> str:
+    """The energy comparison in words: ratio, what its interval covers, verdict."""
+    from harness.score.energy import EnergyComparison
+
+    fields = {k: energy[k] for k in EnergyComparison.__dataclass_fields__}
+    comparison = EnergyComparison(**{**fields, "variant_j": tuple(fields["variant_j"]),
+                                     "baseline_j": tuple(fields["baseline_j"])})
+    return (f"  {comparison.describe()}; suite energy {comparison.variant_mean_j:.1f} J vs baseline "
+            f"{comparison.baseline_mean_j:.1f} J (mean over trials)")
+
+
 def _gate_lines(gate: Mapping[str, Any] | None) -> list[str]:
     if gate is None:
-        return ["Gate: not run (no baseline result for this suite and sampling)"]
+        return ["Gate: not run (no comparable baseline for this suite and sampling)"]
+    if gate.get("error"):
+        return [escape(f"Gate: could not be computed ({gate['error']})")]
     lines = [
         f"Gate: [bold]{gate['verdict'].upper()}[/bold] (rule {gate['rule']}, threshold {gate['threshold']:.2f}, "
         f"point estimate {'meets' if gate['point_pass'] else 'misses'} it)",
@@ -73,10 +97,8 @@ def _gate_lines(gate: Mapping[str, Any] | None) -> list[str]:
         lines += [f"  {task}: {_ratio_text(ratio)}" for task, ratio in gate["per_task"].items()]
     energy = gate.get("energy")
     if energy is not None:
-        lines.append(
-            f"  energy ratio {_ratio_text(energy['ratio'])}, {energy['source']}: variant "
-            f"{energy['variant_energy_j']:.1f} J vs baseline {energy['baseline_energy_j']:.1f} J, gap {energy['gap']}"
-        )
+        lines.append(escape(_energy_line(energy)))
+    lines += [escape(f"  note: {note}") for note in gate.get("notes", ())]
     return lines
 
 
@@ -133,7 +155,8 @@ def print_summary(result: RunResult, run_dir: Path | str | None = None, console:
         zero_line = _quality_zero_line(result.quality)
         if zero_line:
             console.print(zero_line)
-    for line in _gate_lines(result.gate) + _speed_lines(result) + _fallback_lines(result.serve):
+    trials = _trials_line(result.energy)
+    for line in ([trials] if trials else []) + _gate_lines(result.gate) + _speed_lines(result) + _fallback_lines(result.serve):
         console.print(line)
     if run_dir is not None:
         console.print(f"Run directory: {run_dir}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import random
 import time
@@ -41,6 +42,7 @@ class RequestRecord:
     error: str | None
     start_s: float
     end_s: float
+    seed: int | None = None  # the sampling seed sent (sample_seed of the sample's id)
 
 
 @dataclass(frozen=True)
@@ -74,17 +76,18 @@ def replay(
     chat_template_kwargs: Mapping[str, Any] | None = None,
     show_progress: bool = True,
     on_record: Callable[[RequestRecord], None] | None = None,
+    warmup: Sequence[Any] = (),
 ) -> ReplayResult:
     """Sends ``samples`` (objects with id, task, image, prompt) the way ``workload`` says.
 
-    Warm-up requests (the first ``workload.warmup_requests`` samples, cycled) go first,
-    sequentially, and are returned apart. Failures become records with ``error`` set.
+    ``warmup`` samples (best kept outside the measured suite, see
+    harness.replay.workloads.split_warmup) go first, sequentially, and are returned apart. Failures become records with ``error`` set.
     ``on_record``, if given, is called with each measured record as soon as it completes
     (so a caller keeps what finished even when the replay is cancelled).
     """
     return asyncio.run(
         replay_async(target, samples, workload, sampling, chat_template_kwargs=chat_template_kwargs,
-                     show_progress=show_progress, on_record=on_record)
+                     show_progress=show_progress, on_record=on_record, warmup=warmup)
     )
 
 
@@ -97,6 +100,7 @@ async def replay_async(
     chat_template_kwargs: Mapping[str, Any] | None = None,
     show_progress: bool = True,
     on_record: Callable[[RequestRecord], None] | None = None,
+    warmup: Sequence[Any] = (),
 ) -> ReplayResult:
     """The coroutine behind :func:`replay`, for callers already inside an event loop."""
     from openai import AsyncOpenAI  # lazy: keeps `import harness` light
@@ -114,11 +118,11 @@ async def replay_async(
     messages = [chat_messages(s) for s in samples]
 
     async def send(index: int, sample: Any) -> RequestRecord:
-        return await _send(client, target.model_name, sample, messages[index % len(messages)],
-                           _params(sampling, index, extra))
+        return await _send(client, target.model_name, sample, messages[index], _params(sampling, sample, extra))
 
     async with client:
-        warm = [await send(i, samples[i % len(samples)]) for i in range(workload.warmup_requests)] if samples else []
+        warm = [await _send(client, target.model_name, s, chat_messages(s), _params(sampling, s, extra))
+                for s in warmup]
         with _Progress(len(samples), show_progress) as advance:
             start_s = time.time()
             records = await _schedule(samples, workload, send, advance, on_record)
@@ -167,12 +171,22 @@ def _arrival_offsets_s(count: int, workload: WorkloadConfig) -> list[float]:
     return offsets
 
 
-def _params(sampling: SamplingConfig, index: int, extra: Mapping[str, Any]) -> dict[str, Any]:
+def sample_seed(base: int, sample_id: Any) -> int:
+    """The sampling seed of one suite sample: ``base`` plus a stable hash of its id, below 2**31.
+
+    Derived from the id, not the position, so a sample gets the same seed in the baseline and
+    the variant, in every trial, and when a resumed run replays only what was left.
+    """
+    digest = hashlib.sha256(str(sample_id).encode("utf-8")).digest()
+    return (base + int.from_bytes(digest[:4], "big")) % 2**31
+
+
+def _params(sampling: SamplingConfig, sample: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_tokens": sampling.max_tokens,
-        "seed": sampling.seed + index,
+        "seed": sample_seed(sampling.seed, sample.id),
         "extra_body": dict(extra),
     }
 
@@ -201,7 +215,7 @@ async def _send(client: Any, model: str, sample: Any, messages: list[dict[str, A
     import httpx
     import openai
 
-    state = _StreamState(time.time(), time.perf_counter())
+    state = _StreamState(time.time(), time.perf_counter(), params.get("seed"))
     try:
         stream = await client.chat.completions.create(
             model=model, messages=messages, stream=True, stream_options=STREAM_OPTIONS, **params
@@ -217,8 +231,8 @@ async def _send(client: Any, model: str, sample: Any, messages: list[dict[str, A
 class _StreamState:
     """Accumulates one streamed response: text, chunk arrival times, usage, finish reason."""
 
-    def __init__(self, wall_start_s: float, start: float) -> None:
-        self.wall_start_s, self.start = wall_start_s, start
+    def __init__(self, wall_start_s: float, start: float, seed: int | None) -> None:
+        self.wall_start_s, self.start, self.seed = wall_start_s, start, seed
         self.text: list[str] = []
         self.arrivals: list[float] = []
         self.finish_reason: str | None = None
@@ -247,7 +261,7 @@ class _StreamState:
             ttft_ms=None if first is None else (first - self.start) * 1e3,
             latency_ms=(end - self.start) * 1e3, itl_ms=gaps, output_text="".join(self.text),
             finish_reason=self.finish_reason, error=error,
-            start_s=self.wall_start_s, end_s=self.wall_start_s + (end - self.start),
+            start_s=self.wall_start_s, end_s=self.wall_start_s + (end - self.start), seed=self.seed,
         )
 
 

@@ -91,8 +91,10 @@ class VllmServer:
         served_model_name: str,
         dtype: str = "auto",
         platform: Platform | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.serve = serve
+        self._extra_env = dict(env or {})  # the harness's own additions (e.g. cache-reset routes)
         # Absolute: the server runs in run_dir, where a path relative to our cwd means nothing.
         self.run_dir = Path(run_dir).resolve()
         self.config_path = self.run_dir / CONFIG_NAME
@@ -189,6 +191,7 @@ class VllmServer:
         if platform.device == "cpu":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.serve.cpu_kvcache_space_gib))
         env.update({str(k): str(v) for k, v in self.serve.env.items()})
+        env.update(self._extra_env)
         return env
 
     def _raise_if_exited(self, when: str) -> None:

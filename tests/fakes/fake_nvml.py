@@ -7,7 +7,8 @@ Model of one GPU (t = seconds since the FakeNvml was made):
     P(t): true power, piecewise linear over the given segments (held at the ends).
     counter(t) = offset_mj + 1000 * integral of P from 0 to floor(t / 0.1) * 0.1, in mJ: the
         counter advances in 100 ms steps, as NVML's does. After reset_at_s it restarts from 0
-        (as after a driver reload).
+        (as after a driver reload). From counter_stuck_after_s on it keeps the value it had
+        then (a counter that stopped advancing while the GPU still draws power).
     reported power(t) = power_scale * mean of P over [t - 1 s, t], in mW: the ~1 s average
         that nvmlDeviceGetPowerUsage returns on recent GPUs.
 """
@@ -79,6 +80,7 @@ class FakeGpu:
     counter_period_s: float = 0.1
     power_avg_s: float = 1.0
     lost_at_s: float | None = None  # from then on every query fails with "GPU is lost"
+    counter_stuck_after_s: float | None = None  # from then on the counter stops advancing
     name: str = "NVIDIA H100 80GB HBM3"
     uuid: str = "GPU-00000000-1111-2222-3333-444444444444"
 
@@ -90,6 +92,8 @@ class FakeGpu:
         self.check_alive(t_s)
         if not self.has_counter:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if self.counter_stuck_after_s is not None:
+            t_s = min(t_s, self.counter_stuck_after_s)
         t_q = math.floor(t_s / self.counter_period_s) * self.counter_period_s
         if self.reset_at_s is not None and t_s >= self.reset_at_s:
             return int(1000 * self.trace.energy_j(self.reset_at_s, max(t_q, self.reset_at_s)))

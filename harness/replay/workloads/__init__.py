@@ -51,3 +51,28 @@ def load_workload(workload: "WorkloadConfig") -> list["Sample"]:
     if workload.image_max_side_px is None:
         return samples
     return [dataclasses.replace(s, image=fit_image(s.image, workload.image_max_side_px)) for s in samples]
+
+
+def load_warmup(workload: "WorkloadConfig", suite: list["Sample"]) -> list["Sample"]:
+    """``workload.warmup_requests`` samples from outside the measured suite, to warm the server.
+
+    They come from just past the suite (offset + limit) in the same order, so no warm-up
+    request repeats a measured one (which, with prefix caching on, would let the measured
+    request hit the cache). A dataset too small to give them falls back to the suite's own
+    samples under new ids (so new seeds); the caches are reset after warm-up either way.
+    """
+    import dataclasses
+
+    count = workload.warmup_requests
+    if count == 0:
+        return []
+    suite_ids = {str(s.id) for s in suite}
+    try:
+        extra = load_workload(dataclasses.replace(workload, offset=workload.offset + workload.limit, limit=count))
+    except Exception:  # noqa: BLE001 - a dataset with nothing past the suite: use the fallback below
+        extra = []
+    outside = [s for s in extra if str(s.id) not in suite_ids][:count]
+    if len(outside) < count and suite:
+        reused = [suite[i % len(suite)] for i in range(count - len(outside))]
+        outside += [dataclasses.replace(s, id=f"warmup-{i}-{s.id}") for i, s in enumerate(reused)]
+    return outside
