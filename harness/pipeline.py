@@ -19,6 +19,7 @@ from harness.record.result import RunResult, append_row, config_dict, flat_row, 
 from harness.record.resume import find_resume, in_sample_order
 from harness.record.summary import print_summary
 from harness.replay.stats import summarize_requests
+from harness.replay.tokens import joules_per_output_token
 from harness.replay.watchdog import error_rate_failure
 from harness.replay.workloads import load_warmup, load_workload
 from harness.score.baseline import gate_against
@@ -134,6 +135,9 @@ def _trial_record(trial: Trial) -> dict[str, Any]:
         "trial": trial.index, "position": trial.position,
         "suite": suite and suite.to_dict(), "steady": trial.steady and trial.steady.to_dict(),
         "idle_w": idle_w, "active_j": active, "cache": trial.cache and trial.cache.to_dict(),
+        "steady_output_tokens": trial.steady_tokens,
+        "steady_j_per_output_token": joules_per_output_token(trial.steady and trial.steady.energy_j,
+                                                             trial.steady_tokens),
         "requests": len(trial.played.records), "errors": len(trial.played.records) - len(ok),
         "output_tokens": sum(r.output_tokens for r in ok),
     }

@@ -27,8 +27,9 @@ from harness.energy import make_meter, steady_window
 from harness.energy.attribution import per_request_energy_j
 from harness.energy.base import MeterError, Window
 from harness.energy.nvml import gpu_snapshot
-from harness.energy.steady import FLAG_SHORT_STEADY, STEADY_MIN_S
+from harness.energy.steady import FLAG_SHORT_STEADY, saturated_window, steady_min_s
 from harness.replay.client import ReplayResult, replay
+from harness.replay.tokens import tokens_between
 from harness.replay.watchdog import guarded_replay
 from harness.serve.cache import DEV_MODE_ENV, CacheCounters, read_metrics, reset_caches, warmer_than_first
 from harness.serve.vllm import VllmServer
@@ -57,6 +58,7 @@ class Trial:
     idle: Window | None
     cache: CacheCounters | None
     failure: BaseException | None = None
+    steady_tokens: int | None = None  # output tokens generated inside the steady window (server usage)
 
 
 @dataclass
@@ -158,7 +160,7 @@ def _serving(arm: Arm, say, reset: bool, trace: str) -> Iterator[None]:
             with contextlib.suppress(Exception):  # informative only: a vLLM without the gauge
                 arm.cache_config = read_metrics(server.target)[1]
             idle_t0 = time.time()
-            time.sleep(rc.energy.idle_s)  # model loaded and warm, no request: the idle window
+            time.sleep(idle_seconds(rc.energy.idle_s, arm.check.platform.device))  # loaded, warm, no request
             idle = meter.energy_between(idle_t0, time.time(), name="idle")
             arm.live = {"server": server, "meter": meter, "idle": idle, "reset": reset, "first_cache": None}
             try:
@@ -170,6 +172,18 @@ def _serving(arm: Arm, say, reset: bool, trace: str) -> Iterator[None]:
                 with contextlib.suppress(MeterError, OSError, ValueError):
                     meter.write_trace(arm.root / trace)
                 arm.live = {}
+
+
+# The idle window's length when energy.idle_s is null: long enough on a GPU for its power to
+# settle after warm-up (and for a ~1 s averaged power reading to follow); short on a CPU.
+IDLE_GPU_S, IDLE_CPU_S = 30.0, 5.0
+
+
+def idle_seconds(configured: float | None, device: str) -> float:
+    """energy.idle_s, or its default for the device when null."""
+    if configured is not None:
+        return configured
+    return IDLE_GPU_S if device == "cuda" else IDLE_CPU_S
 
 
 def _trial(arm: Arm, k: int, position: int) -> None:
@@ -204,17 +218,18 @@ def _trial(arm: Arm, k: int, position: int) -> None:
     if guarded.failure is None and before is not None:
         after = _counters(server)
         cache = after.since(before) if after is not None else None
-    steady = None
+    steady, steady_tokens = None, None
     if guarded.failure is None and played.records:
-        span = steady_window([(r.start_s, r.end_s) for r in played.records], _target_in_flight(rc))
-        steady = _steady(meter, span) if span else None
+        span = steady_span(rc.workload.mode, played, _target_in_flight(rc), steady_min_s(arm.check.platform.device))
+        steady = _steady(meter, span, steady_min_s(arm.check.platform.device)) if span else None
+        steady_tokens = tokens_between(played.records, *span) if span else None
     if k == 1 and played.records:
         arm.per_request_j = per_request_energy_j(meter, played.records)  # a breakdown, never a ratio's basis
     if suite is not None and cache is not None:
         first = live["first_cache"] = live["first_cache"] or cache
         if k > 1 and warmer_than_first(cache, first):
             suite = dataclasses.replace(suite, flags=(*suite.flags, FLAG_WARM_CACHE))
-    arm.trials.append(Trial(k, position, played, suite, steady, live["idle"], cache, guarded.failure))
+    arm.trials.append(Trial(k, position, played, suite, steady, live["idle"], cache, guarded.failure, steady_tokens))
 
 
 def _after_trials(arm: Arm) -> None:
@@ -240,10 +255,27 @@ def _target_in_flight(rc) -> int:
     return min(rc.workload.concurrency, cap) if cap else rc.workload.concurrency
 
 
-def _steady(meter, span: tuple[float, float]) -> Window:
-    """The steady window over ``span``, flagged (not dropped) when shorter than STEADY_MIN_S."""
+def steady_span(mode: str, played: ReplayResult, target: int, min_s: float) -> tuple[float, float] | None:
+    """The steady-state span of one trial (see harness.energy.steady for the definitions).
+
+    Sequential replay is steady throughout: the whole suite window. Concurrent replay: ML.ENERGY's
+    saturated window, from when ``target`` requests have their first token to when the last
+    ``target`` remain. Poisson arrivals saturate the server only by chance: the longest span with
+    ``target`` requests in flight, and none unless it lasts ``min_s``.
+    """
+    ok = [r for r in played.records if r.error is None]
+    if mode == "sequential":
+        return (played.start_s, played.end_s) if ok else None
+    if mode == "poisson":
+        return steady_window([(r.start_s, r.end_s) for r in ok], target, min_duration_s=min_s)
+    firsts = [r.start_s + r.ttft_ms / 1e3 for r in ok if r.ttft_ms is not None]
+    return saturated_window(firsts, [r.end_s for r in ok], target)
+
+
+def _steady(meter, span: tuple[float, float], min_s: float) -> Window:
+    """The steady window over ``span``, flagged (not dropped) when shorter than ``min_s``."""
     window = meter.energy_between(*span, name="steady")
-    if window.duration_s < STEADY_MIN_S:
+    if window.duration_s < min_s:
         window = dataclasses.replace(window, flags=(*window.flags, FLAG_SHORT_STEADY))
     return window
 

@@ -54,3 +54,38 @@ def test_too_short_or_empty_gives_none() -> None:
 def test_invalid_input_is_rejected(intervals: list[tuple[float, float]], concurrency: int) -> None:
     with pytest.raises(ValueError):
         steady_window(intervals, concurrency=concurrency)
+
+
+def test_saturated_window_runs_from_a_full_batch_to_the_last_target_remaining():
+    from harness.energy.steady import saturated_window
+
+    # Six requests at concurrency 2: first tokens at 1.0, 1.5, ...; ends at 3, 4, 5, 6, 7, 8.
+    firsts, ends = [1.0, 1.5, 3.5, 4.5, 5.5, 6.5], [3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    # Opens when the 2nd request has its first token; closes when the 4th ends and 2 remain.
+    assert saturated_window(firsts, ends, target=2) == (1.5, 6.0)
+    assert saturated_window(firsts[:2], ends[:2], target=2) is None  # never more requests than the batch
+    assert saturated_window(firsts, ends, target=1) == (1.0, 7.0)
+    with pytest.raises(ValueError, match=">= 1"):
+        saturated_window(firsts, ends, target=0)
+
+
+def test_steady_span_by_arrival_mode_and_tokens_inside_it():
+    from harness.replay.client import ReplayResult, RequestRecord
+    from harness.replay.tokens import tokens_between
+    from harness.trials import steady_span
+
+    def record(start: float, end: float, ttft_ms: float) -> RequestRecord:
+        # 10 tokens, one per 100 ms from the first token on, as the server's running usage says.
+        usage = tuple((ttft_ms + 100.0 * i, i + 1) for i in range(10))
+        return RequestRecord("r", "colour", 5, 10, ttft_ms, (end - start) * 1e3, (), "x", "stop", None, start, end,
+                             usage_ms=usage)
+
+    records = tuple(record(s, s + 1.2, 200.0) for s in (0.0, 0.1, 1.3, 1.4, 2.6, 2.7))
+    played = ReplayResult(records, (), 0.0, 3.9)
+    assert steady_span("sequential", played, 1, 1.0) == (0.0, 3.9)
+    assert steady_span("concurrent", played, 2, 1.0) == pytest.approx((0.3, 2.6))
+    assert steady_span("poisson", played, 2, 30.0) is None  # not saturated for the minimum: no window
+    # Tokens generated inside [0.3, 2.6]: counted from each request's usage timeline.
+    inside = tokens_between(records, 0.3, 2.6)
+    assert inside == sum(sum(1 for ms, _ in r.usage_ms if 0.3 < r.start_s + ms / 1e3 <= 2.6) for r in records)
+    assert 0 < inside < sum(r.output_tokens for r in records)

@@ -38,10 +38,11 @@ def test_image_goes_before_text(samples) -> None:
 
 @pytest.mark.server
 def test_sequential_replay_records_every_request(served_tiny, samples) -> None:
-    result = replay(served_tiny.target, samples[:4], _workload(mode="sequential", warmup_requests=1),
-                    _sampling(), chat_template_kwargs={"enable_thinking": False}, show_progress=False)
+    result = replay(served_tiny.target, samples[:4], _workload(mode="sequential"), _sampling(),
+                    chat_template_kwargs={"enable_thinking": False}, show_progress=False, warmup=samples[4:5])
     assert [r.id for r in result.records] == [s.id for s in samples[:4]]
     assert len(result.warmup) == 1 and result.warmup[0].end_s <= result.start_s
+    assert result.warmup[0].id == samples[4].id  # warm-up is not a measured sample
     for r in result.records:
         assert r.error is None
         assert r.prompt_tokens > 0 and 0 < r.output_tokens <= 16

@@ -119,7 +119,7 @@ class EnergyConfig:
     """Which meter reads energy, and the CPU power figures the modeled meter assumes."""
 
     meter: Literal["auto", "nvml", "rapl", "modeled"] = "auto"
-    idle_s: float = 5.0
+    idle_s: float | None = None  # None: IDLE_GPU_S on a GPU, IDLE_CPU_S on a CPU
     sample_hz: float = 10.0
     cpu_idle_w: float = 20.0
     cpu_active_w: float = 60.0
@@ -266,7 +266,7 @@ def _check_values(run: RunConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
-    for key, value in {"workload.warmup_requests": run.workload.warmup_requests, "energy.idle_s": run.energy.idle_s,
+    for key, value in {"workload.warmup_requests": run.workload.warmup_requests, "energy.idle_s": run.energy.idle_s or 0,
                        "quality.bootstrap_n": run.quality.bootstrap_n}.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")

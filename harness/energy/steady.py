@@ -5,9 +5,40 @@ from __future__ import annotations
 from typing import Sequence
 
 # A steady window shorter than this is kept but flagged: a ~100 ms energy counter cannot
-# resolve it well, and a short plateau says little about sustained load.
+# resolve it well, and a short plateau says little about sustained load. On a GPU the bar is
+# ML.ENERGY's 30 s (clocks and temperature take that long to settle); on a CPU, where the
+# tiny default model serves a suite in seconds, 1 s.
 STEADY_MIN_S = 1.0
+STEADY_MIN_GPU_S = 30.0
 FLAG_SHORT_STEADY = "steady_shorter_than_min"
+
+
+def steady_min_s(device: str) -> float:
+    """The shortest steady window that is not flagged, on this device ("cuda" or "cpu")."""
+    return STEADY_MIN_GPU_S if device == "cuda" else STEADY_MIN_S
+
+
+def saturated_window(first_token_s: Sequence[float], end_s: Sequence[float], target: int) -> tuple[float, float] | None:
+    """The steady state as ML.ENERGY defines it, for a replay that keeps ``target`` requests in flight.
+
+    It opens when ``target`` requests have their first token (the batch is full and past
+    prefill) and closes when only the last ``target`` requests remain unfinished (the queue
+    is empty and the batch starts to drain). ``target`` is the lower of the client's
+    concurrency and the server's max_num_seqs. None when the suite never fills the batch
+    (no more requests than ``target``) or the two instants do not leave a span.
+
+    Args:
+        first_token_s: per request, when its first token arrived (wall clock).
+        end_s: per request, when it ended.
+        target: requests the server runs at once at full load (>= 1).
+    """
+    if target < 1:
+        raise ValueError(f"target must be >= 1, got {target}")
+    if len(end_s) <= target or len(first_token_s) < target:
+        return None
+    t0_s = sorted(first_token_s)[target - 1]
+    t1_s = sorted(end_s)[len(end_s) - target - 1]
+    return (t0_s, t1_s) if t1_s > t0_s else None
 
 
 def steady_window(

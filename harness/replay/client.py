@@ -43,6 +43,8 @@ class RequestRecord:
     start_s: float
     end_s: float
     seed: int | None = None  # the sampling seed sent (sample_seed of the sample's id)
+    # (ms after sending, completion tokens so far) at each chunk with new tokens, from the server's usage
+    usage_ms: tuple[tuple[float, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ class _StreamState:
         self.finish_reason: str | None = None
         self.prompt_tokens = self.output_tokens = 0
         self.usage_seen = False
+        self.usage_ms: list[tuple[float, int]] = []
 
     def take(self, chunk: Any) -> None:
         now = time.perf_counter()
@@ -248,8 +251,11 @@ class _StreamState:
             if choice.finish_reason is not None:
                 self.finish_reason = choice.finish_reason
         if chunk.usage is not None:
-            self.usage_seen = True
+            if not chunk.choices:  # the final, usage-only chunk (include_usage): the answer is complete
+                self.usage_seen = True
             self.prompt_tokens, self.output_tokens = usage_tokens(chunk.usage)  # harness.replay.tokens defines them
+            if not self.usage_ms or self.output_tokens > self.usage_ms[-1][1]:
+                self.usage_ms.append((round((now - self.start) * 1e3, 3), self.output_tokens))
 
     def record(self, sample: Any, error: str | None) -> RequestRecord:
         end = time.perf_counter()
@@ -262,6 +268,7 @@ class _StreamState:
             latency_ms=(end - self.start) * 1e3, itl_ms=gaps, output_text="".join(self.text),
             finish_reason=self.finish_reason, error=error,
             start_s=self.wall_start_s, end_s=self.wall_start_s + (end - self.start), seed=self.seed,
+            usage_ms=tuple(self.usage_ms),
         )
 
 

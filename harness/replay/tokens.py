@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-# Sent with every streamed request so the server appends one chunk carrying `usage`.
-STREAM_OPTIONS = {"include_usage": True}
+# Sent with every streamed request: the server appends one chunk carrying the final `usage`, and
+# (continuous_usage_stats) puts the running usage in every chunk, so the client knows how many
+# tokens existed at each instant (harness.replay.tokens.tokens_between, the steady window).
+STREAM_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}
 
 
 class Counted(Protocol):
@@ -40,3 +42,28 @@ def joules_per_output_token(energy_j: float | None, tokens: int | None) -> float
     if energy_j is None or not tokens:
         return None
     return float(energy_j) / tokens
+
+
+def tokens_between(records: Iterable[Any], t0_s: float, t1_s: float) -> int:
+    """Output tokens the server generated within [t0_s, t1_s], over the successful requests.
+
+    Each record's ``usage_ms`` holds (ms after the request was sent, completion tokens so
+    far) for every chunk, from the server's own running usage; the count at an instant is that
+    of the last chunk at or before it.
+    """
+    total = 0
+    for r in records:
+        if r.error is not None or not r.usage_ms:
+            continue
+        at = [(r.start_s + ms / 1e3, n) for ms, n in r.usage_ms]
+        total += _count_at(at, t1_s) - _count_at(at, t0_s)
+    return total
+
+
+def _count_at(points: list[tuple[float, int]], t_s: float) -> int:
+    count = 0
+    for when, n in points:
+        if when > t_s:
+            break
+        count = n
+    return count
