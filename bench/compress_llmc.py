@@ -49,8 +49,8 @@ if len(sys.argv) > 5:
     tokenizer = transformers.AutoTokenizer.from_pretrained(sys.argv[6])
     data = Dataset.from_dict({k: [c[k][0].tolist() for c in calib] for k in ("input_ids", "attention_mask")})
     recipe = GPTQModifier(scheme=scheme, block_size=128, dampening_frac=0.01, actorder="weight", **select)
-    oneshot(model=model, recipe=recipe, dataset=data, processor=tokenizer, num_calibration_samples=len(calib), pipeline=sys.argv[7],
-            max_seq_length=data.num_rows and len(data[0]["input_ids"]))
+    oneshot(model=model, recipe=recipe, dataset=data, processor=tokenizer, num_calibration_samples=len(calib),
+            pipeline=sys.argv[7], max_seq_length=data.num_rows and len(data[0]["input_ids"]))
 else:
     oneshot(model=model, recipe=QuantizationModifier(scheme=scheme, **select))
 model.save_pretrained(out, save_compressed=True)
@@ -74,8 +74,10 @@ print(json.dumps({"targets": list(c.effective_targets()), "ignore": list(c.effec
 def ensure_llmc_venv(venv: Path = LLMC_VENV) -> Path:
     """The venv's python, after creating the venv and installing LLMC_PINS if missing."""
     python = venv / "bin" / "python"
-    if python.exists() and subprocess.run([str(python), "-c", "import llmcompressor"], capture_output=True).returncode == 0:
-        return python
+    if python.exists():
+        probe = subprocess.run([str(python), "-c", "import llmcompressor"], capture_output=True)
+        if probe.returncode == 0:
+            return python
     print(f"# creating {venv} with {' '.join(LLMC_PINS)} (a few minutes)", flush=True)
     subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *LLMC_PINS], check=True)
@@ -111,7 +113,8 @@ def write_calibration(path: Path, vocab: int) -> Path:
     gen = torch.Generator().manual_seed(CALIBRATION["seed"])
     shape = (1, CALIBRATION["seq_len"])
     # Ids from 64 up: the tiny tokenizer's special (image, turn) tokens are all below 11.
-    samples = [{"input_ids": torch.randint(64, vocab, shape, generator=gen), "attention_mask": torch.ones(shape, dtype=torch.long)}
+    samples = [{"input_ids": torch.randint(64, vocab, shape, generator=gen),
+                "attention_mask": torch.ones(shape, dtype=torch.long)}
                for _ in range(CALIBRATION["num_samples"])]
     torch.save(samples, path)
     return path
@@ -125,7 +128,8 @@ def their_pipeline(model: Path) -> str:
     return "basic" if config.get("text_config", config).get("num_kv_shared_layers") else "sequential"
 
 
-def compare_one(run_scheme: Callable, llmc: Path, model: Path, scheme: str, work: Path, calibration: Path | None) -> dict:
+def compare_one(run_scheme: Callable, llmc: Path, model: Path, scheme: str, work: Path,
+                calibration: Path | None) -> dict:
     """Runs both sides on one model and scheme; returns durations, ratio and weight differences.
 
     `run_scheme` is bench/compress_speed.py's (ours, in a fresh process).

@@ -7,9 +7,10 @@
 Each compression runs in a fresh subprocess; duration_s is the wall-clock time of
 compress_checkpoint alone (package imports done before the clock starts), cpu_s the process's user + system
 CPU time (imports included; on a shared machine wall time can be mostly waiting for disk and
-CPU), and peak RSS that process's ru_maxrss (resident set, file-backed pages included). The E4B-shaped checkpoint has random N(0, 0.02) bf16
-weights with the text-decoder shapes of Gemma 4 E4B (42 layers, hidden 2560, FFN 10240,
-head dim 256/512, KV sharing, PLE); its vision and audio towers are approximations.
+CPU), and peak RSS that process's ru_maxrss (resident set, file-backed pages included).
+The E4B-shaped checkpoint has random N(0, 0.02) bf16 weights with the text-decoder shapes of
+Gemma 4 E4B (42 layers, hidden 2560, FFN 10240, head dim 256/512, KV sharing, PLE); its vision
+and audio towers are approximations.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ torch.set_num_threads(1)
 params = json.loads(sys.argv[4])
 from harness.build.calibration import suite_source
 calibration = torch.load(sys.argv[5]) if len(sys.argv) > 5 else suite_source()
-import compressed_tensors, transformers, compress.calibration, compress.ct_config, compress.export, compress.gptq_runner, compress.lineage  # not timed
+import compressed_tensors, transformers  # not timed
+import compress.calibration, compress.ct_config, compress.export, compress.gptq_runner, compress.lineage  # not timed
 start = time.perf_counter()
 compress_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]), config_from_name(sys.argv[3], **params), calibration)
 took = time.perf_counter() - start
 usage = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"duration_s": took, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_gib": usage.ru_maxrss / 2**20}))
+print(json.dumps({"duration_s": took, "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "peak_rss_gib": usage.ru_maxrss / 2**20}))
 """
 
 
@@ -52,20 +55,25 @@ def e4b_tensors() -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every tensor of a Gemma 4 E4B-shaped checkpoint."""
     hidden, ffn, ple, vocab, layers, shared = 2560, 10240, 256, 262144, 42, 18
     text = "model.language_model."
-    out = [(text + "embed_tokens.weight", (vocab, hidden)), (text + "embed_tokens_per_layer.weight", (vocab, layers * ple)),
+    out = [(text + "embed_tokens.weight", (vocab, hidden)),
+           (text + "embed_tokens_per_layer.weight", (vocab, layers * ple)),
            (text + "per_layer_model_projection.weight", (layers * ple, hidden)),
            (text + "per_layer_projection_norm.weight", (ple,)), (text + "norm.weight", (hidden,))]
     for i in range(layers):
         head_dim = 512 if i % 6 == 5 else 256
         p = f"{text}layers.{i}."
-        out += [(p + "self_attn.q_proj.weight", (8 * head_dim, hidden)), (p + "self_attn.o_proj.weight", (hidden, 8 * head_dim))]
+        out += [(p + "self_attn.q_proj.weight", (8 * head_dim, hidden)),
+                (p + "self_attn.o_proj.weight", (hidden, 8 * head_dim))]
         if i < layers - shared:  # KV-shared layers reuse an earlier layer's keys and values
-            out += [(p + "self_attn.k_proj.weight", (2 * head_dim, hidden)), (p + "self_attn.v_proj.weight", (2 * head_dim, hidden))]
-        out += [(p + f"mlp.{m}_proj.weight", (ffn, hidden)) for m in ("gate", "up")] + [(p + "mlp.down_proj.weight", (hidden, ffn))]
+            out += [(p + "self_attn.k_proj.weight", (2 * head_dim, hidden)),
+                    (p + "self_attn.v_proj.weight", (2 * head_dim, hidden))]
+        out += [(p + f"mlp.{m}_proj.weight", (ffn, hidden)) for m in ("gate", "up")]
+        out += [(p + "mlp.down_proj.weight", (hidden, ffn))]
         out += [(p + "per_layer_input_gate.weight", (ple, hidden)), (p + "per_layer_projection.weight", (hidden, ple))]
         out += [(p + f"{n}.weight", (hidden,)) for n in ("input_layernorm", "post_attention_layernorm",
                                                          "pre_feedforward_layernorm", "post_feedforward_layernorm")]
-    out += _tower("model.vision_tower.encoder.layers", 16, 768, 3072) + _tower("model.audio_tower.layers", 12, 1536, 6144)
+    out += _tower("model.vision_tower.encoder.layers", 16, 768, 3072)
+    out += _tower("model.audio_tower.layers", 12, 1536, 6144)
     out += [("model.embed_vision.embedding_projection.weight", (hidden, 768)),
             ("model.embed_audio.embedding_projection.weight", (hidden, 1536)),
             ("model.vision_tower.patch_embedder.input_proj.weight", (768, 768))]
@@ -178,7 +186,8 @@ def main() -> None:
         start = time.perf_counter()
         e4b = args.e4b_dir or build_e4b_shaped(work / "e4b")
         size_gib = sum(p.stat().st_size for p in e4b.glob("*.safetensors")) / 2**30
-        print(f"# E4B-shaped checkpoint: {size_gib:.1f} GiB bf16, ready in {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"# E4B-shaped checkpoint: {size_gib:.1f} GiB bf16, ready in {time.perf_counter() - start:.0f} s",
+              flush=True)
         for scheme in [s for s in args.schemes if s in DATA_FREE]:
             _print("e4b-shaped", scheme, run_scheme(e4b, work / scheme, scheme, {}))
     finally:

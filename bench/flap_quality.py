@@ -45,7 +45,7 @@ def _prune(src: Path, out: Path, share: float, fields: dict, num_samples: int, t
 
 def _mlp_params(folder: Path) -> int:
     from compress.export import source_files
-    from compress.st_stream import read_header
+    from compress.st_header import read_header
 
     total = 0
     for path in source_files(folder):
@@ -98,7 +98,8 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     print(f"\n{'variant':<18}{'accuracy':>9}{'KL nats':>10}{'MLP params':>12}{'MB':>7}")
     for r in rows:
-        print(f"{r['variant']:<18}{r['accuracy']:>9.3f}{r['kl_nats']:>10.5f}{r['mlp_params']:>12,}{r['bytes'] / 1e6:>7.2f}")
+        print(f"{r['variant']:<18}{r['accuracy']:>9.3f}{r['kl_nats']:>10.5f}{r['mlp_params']:>12,}"
+              f"{r['bytes'] / 1e6:>7.2f}")
 
 
 if __name__ == "__main__":

@@ -50,13 +50,15 @@ def vllm_bench(server, dataset: Path, args, result_dir: Path) -> float:
     result = json.loads((result_dir / "bench.json").read_text())
     if result.get("completed") != args.requests:
         errors = [e for e in result.get("errors", []) if e][:3]
-        raise RuntimeError(f"vllm bench completed {result.get('completed')} of {args.requests} requests: {errors}\n{proc.stdout[-1500:]}")
+        raise RuntimeError(f"vllm bench completed {result.get('completed')} of {args.requests} requests: {errors}\n"
+                           f"{proc.stdout[-1500:]}")
     return float(result["output_throughput"])
 
 
 def harness_replay(server, samples, args) -> float:
     run = compose(["sampling=greedy", f"sampling.max_tokens={args.output_len}", "sampling.ignore_eos=true",
-                   "workload.mode=concurrent", f"workload.concurrency={args.concurrency}", "workload.warmup_requests=0"])
+                   "workload.mode=concurrent", f"workload.concurrency={args.concurrency}",
+                   "workload.warmup_requests=0"])
     played = replay(server.target, samples, run.workload, run.sampling, show_progress=False)
     if played.errors:
         raise RuntimeError(f"{played.errors} harness requests failed")

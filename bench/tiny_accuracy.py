@@ -32,7 +32,8 @@ def main() -> None:
     run = compose(["workload.mode=concurrent", "workload.concurrency=8", "workload.warmup_requests=2"])
     samples = load_samples(run.workload.seed, "test", args.limit)
     weights = sum(p.stat().st_size for p in args.model.glob("*.safetensors"))
-    log = json.loads((args.model / "training_log.json").read_text()) if (args.model / "training_log.json").is_file() else {}
+    log_path = args.model / "training_log.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
     print(f"model {args.model}: {log.get('parameters', '?')} parameters, {weights / 1e6:.1f} MB of weights, "
           f"trained {log.get('train_s', '?')} s")
     report = {}

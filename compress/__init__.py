@@ -23,8 +23,8 @@ from compress.configs import (
 )
 
 __all__ = [
-    "CONFIGS", "CompressConfig", "FlapConfig", "Fp8Config", "StepsConfig", "Fp8DynamicConfig", "W4A16GptqConfig", "W4A16RtnConfig",
-    "W8A8Int8Config", "compress_", "compress_checkpoint", "config_from_name",
+    "CONFIGS", "CompressConfig", "FlapConfig", "Fp8Config", "StepsConfig", "Fp8DynamicConfig", "W4A16GptqConfig",
+    "W4A16RtnConfig", "W8A8Int8Config", "compress_", "compress_checkpoint", "config_from_name",
 ]
 
 

@@ -59,7 +59,8 @@ class CalibrationSource:
         return cls(f"file {path.name}", hashlib.sha256(path.read_bytes()).hexdigest()[:16], examples)
 
 
-def resolve(calibration: CalibrationSource | Iterable | None, count: int, seed: int, needed_by: str) -> tuple[list, dict]:
+def resolve(calibration: CalibrationSource | Iterable | None, count: int, seed: int,
+            needed_by: str) -> tuple[list, dict]:
     """The items a calibrated step runs over, and their description for the recipe's lineage.
 
     Raises:

@@ -11,7 +11,8 @@ from compress.folders import atomic_folder, check_paths, load_model
 from compress.schemes import LayerSpec
 
 
-def _gptq_encodings(src_dir: Path, config: W4A16GptqConfig, plan: dict[str, LayerSpec], calibration) -> tuple[dict, dict]:
+def _gptq_encodings(src_dir: Path, config: W4A16GptqConfig, plan: dict[str, LayerSpec],
+                    calibration) -> tuple[dict, dict]:
     """GPTQ-encoded tensors (computed on the loaded model) and a description of the calibration."""
     from compress.api import compress_
     from compress.calibration import as_model_inputs, resolve
@@ -22,8 +23,10 @@ def _gptq_encodings(src_dir: Path, config: W4A16GptqConfig, plan: dict[str, Laye
     encoded = compress_(load_model(src_dir), config, samples)
     if set(encoded) != set(plan):
         raise ValueError(
-            f"the model's module names differ from the checkpoint's: only in the model {sorted(set(encoded) - set(plan))[:5]}, "
-            f"only in the checkpoint {sorted(set(plan) - set(encoded))[:5]}; re-save the checkpoint with this transformers"
+            "the model's module names differ from the checkpoint's: "
+            f"only in the model {sorted(set(encoded) - set(plan))[:5]}, "
+            f"only in the checkpoint {sorted(set(plan) - set(encoded))[:5]}; "
+            "re-save the checkpoint with this transformers"
         )
     return encoded, described
 

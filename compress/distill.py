@@ -154,7 +154,8 @@ def save_student(student, student_dir: Path, out_dir: Path) -> None:
     tensors = {k: state[k].detach().to(v.dtype).contiguous() for k, v in stored.items()}
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     for path in sorted(student_dir.iterdir()):
-        if path.is_file() and path.suffix != ".safetensors" and path.name not in ("model.safetensors.index.json", "recipe.json"):
+        skipped = path.suffix == ".safetensors" or path.name in ("model.safetensors.index.json", "recipe.json")
+        if path.is_file() and not skipped:
             shutil.copy2(path, out_dir / path.name)
 
 
@@ -198,7 +199,8 @@ def distill_checkpoint(teacher_dir: Path, student_dir: Path, out_dir: Path, conf
     # Held out: the same source drawn with another seed (a generator makes new items).
     held_out = training_sequences(processor, source, config.eval_samples, config.seed + 1)
     image_token_id = getattr(teacher.config, "image_token_id", None)
-    outcome = train(student, teacher, items, config, lambda: held_out_kl(student, teacher, held_out, image_token_id), log)
+    outcome = train(student, teacher, items, config,
+                    lambda: held_out_kl(student, teacher, held_out, image_token_id), log)
     kl_before, kl_after = outcome["evals"][0][1], dict(outcome["evals"])[outcome["kept_step"]]
     log(f"held-out KL(teacher || student): {kl_before:.4f} before distillation, {kl_after:.4f} after "
         f"(state of step {outcome['kept_step']} kept)")
@@ -206,7 +208,8 @@ def distill_checkpoint(teacher_dir: Path, student_dir: Path, out_dir: Path, conf
         save_student(student.eval(), student_dir, partial)
         step = _step(config, source, teacher_dir, checkpoint_hash(teacher_dir), outcome["history"],
                      time.perf_counter() - started)
-        write_recipe(student_dir, partial, {**step, "kept_step": outcome["kept_step"], "held_out_kl_by_step": outcome["evals"],
+        write_recipe(student_dir, partial, {**step, "kept_step": outcome["kept_step"],
+                                            "held_out_kl_by_step": outcome["evals"],
                                             "held_out_kl": {"before": kl_before, "after": kl_after}})
     return out_dir
 

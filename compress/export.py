@@ -27,7 +27,7 @@ def source_files(src_dir: Path) -> list[Path]:
 
 def weight_shapes(src_dir: Path) -> dict[str, tuple[int, ...]]:
     """Module name -> shape of its `.weight`, read from the safetensors headers only."""
-    from compress.st_stream import read_header
+    from compress.st_header import read_header
 
     shapes = {}
     for path in source_files(src_dir):

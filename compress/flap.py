@@ -182,5 +182,6 @@ def layer_roles(text_config: dict) -> list[LayerRole]:
     sources = set()
     if first_shared < len(types):
         before = types[:first_shared]
-        sources = {max(i for i, t in enumerate(before) if t == kind) for kind in set(types[first_shared:]) if kind in before}
+        sources = {max(i for i, t in enumerate(before) if t == kind)
+                   for kind in set(types[first_shared:]) if kind in before}
     return [LayerRole(i, t, i >= first_shared, i in sources) for i, t in enumerate(types)]

@@ -73,7 +73,8 @@ def gptq_quantize_int4(
     return result
 
 
-def _blocked_solve(weight: torch.Tensor, hinv: torch.Tensor, column_scales: torch.Tensor, block_size: int) -> torch.Tensor:
+def _blocked_solve(weight: torch.Tensor, hinv: torch.Tensor, column_scales: torch.Tensor,
+                   block_size: int) -> torch.Tensor:
     """Quantizes columns in order, spreading each column's error onto the ones after it."""
     columns = weight.shape[1]
     q = torch.zeros(weight.shape, dtype=torch.int8)

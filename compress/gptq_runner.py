@@ -36,7 +36,8 @@ def _as_model_inputs(sample: dict, dtype: torch.dtype) -> dict:
     return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in sample.items()}
 
 
-def _collect_hessians(model, modules: dict, stop_at: str, names: list[str], samples: list[dict]) -> dict[str, torch.Tensor]:
+def _collect_hessians(model, modules: dict, stop_at: str, names: list[str],
+                      samples: list[dict]) -> dict[str, torch.Tensor]:
     """H of each module in `names` over all samples, stopping each forward after `stop_at`."""
     state = {name: [torch.zeros(modules[name].in_features, modules[name].in_features), 0] for name in names}
 

@@ -16,7 +16,7 @@ ARCHITECTURE = "FlapGemma4ForConditionalGeneration"
 def _tensor_locations(src_dir: Path) -> dict[str, Path]:
     """Tensor name -> the safetensors file holding it."""
     from compress.export import source_files
-    from compress.st_stream import read_header
+    from compress.st_header import read_header
 
     return {key: path for path in source_files(src_dir) for key in read_header(path)[0] if key != "__metadata__"}
 

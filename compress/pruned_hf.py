@@ -58,7 +58,7 @@ def _tensor_sources(model_dir: Path, quantized: bool) -> dict:
     from safetensors import safe_open
 
     from compress.export import source_files
-    from compress.st_stream import read_header
+    from compress.st_header import read_header
 
     files = {key: path for path in source_files(model_dir) for key in read_header(path)[0] if key != "__metadata__"}
 
@@ -103,8 +103,9 @@ def _copy_strict(model, sources: dict, model_dir: Path) -> None:
     expected = _expected_keys(model, set(sources))
     missing, unexpected = sorted(set(expected) - set(sources)), sorted(set(sources) - set(expected))
     if missing or unexpected:
-        raise PrunedLoadError(f"{model_dir} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]} "
-                              "(a pruned checkpoint needs every layer's down_proj.bias); re-run the pruning")
+        raise PrunedLoadError(f"{model_dir} does not match its config: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]} (a pruned checkpoint needs every layer's "
+                              "down_proj.bias); re-run the pruning")
     with torch.no_grad():
         for key, target in expected.items():
             source = sources[key]()
@@ -168,6 +169,6 @@ def load_pruned(model_dir: str | Path, dtype: str = "float32"):
 
 def _scale_keys(model_dir: Path) -> list[str]:
     from compress.export import source_files
-    from compress.st_stream import read_header
+    from compress.st_header import read_header
 
     return [k for path in source_files(model_dir) for k in read_header(path)[0] if k.endswith(".weight_scale")]

@@ -15,19 +15,14 @@ from pathlib import Path
 
 import torch
 
+from compress.st_header import read_header
+
 _COPY_CHUNK_BYTES = 64 * 2**20
 _DTYPES = {
     torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
     torch.int8: "I8", torch.uint8: "U8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64",
     torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
 }
-
-
-def read_header(path: Path) -> tuple[dict, int]:
-    """The JSON header of a safetensors file and the byte offset where tensor data starts."""
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(length)), 8 + length
 
 
 @dataclass(frozen=True)

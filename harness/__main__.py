@@ -90,7 +90,8 @@ def main() -> None:
         _app()
     except KeyboardInterrupt as err:  # the server is stopped and the run recorded by now
         reason = str(err) or "interrupted by SIGINT (Ctrl-C)"
-        print(f"{reason}: stopped; a started run is recorded as failed: rerun the same command to resume", file=sys.stderr)
+        print(f"{reason}: stopped; a started run is recorded as failed: rerun the same command to resume",
+              file=sys.stderr)
         sys.exit(130)
 
 

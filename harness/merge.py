@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compress.folders import atomic_folder
 from harness.errors import HarnessError
 from harness.record.result import RESULT_FILE, SCHEMA_VERSION, append_row, read_rows
 
@@ -111,11 +112,8 @@ def _digest(root: Path, row: dict[str, Any]) -> str:
 def _add(out: Path, item: Incoming) -> None:
     """Copies the run folder (complete or not at all), then appends its row."""
     if item.folder is not None:
-        target = out / "runs" / item.folder.name
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(item.folder, partial)
-        partial.rename(target)
+        with atomic_folder(out / "runs" / item.folder.name) as partial:
+            shutil.copytree(item.folder, partial, dirs_exist_ok=True)
     append_row(out / "runs.jsonl", item.row)
 
 

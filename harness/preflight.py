@@ -49,7 +49,8 @@ def check_results_dir(results_dir: str | Path) -> None:
     if not existing.is_dir():
         raise ConfigError(f"results_dir={results_dir}: {existing} is a file, not a folder: set results_dir to a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"results_dir={results_dir}: {existing} is not writable: set results_dir to a folder you can write")
+        raise ConfigError(f"results_dir={results_dir}: {existing} is not writable: set results_dir to a folder "
+                          "you can write")
 
 
 def check_port(serve: ServeConfig) -> None:
@@ -89,8 +90,9 @@ def check_model_code(folder: Path, serve: ServeConfig, environ: dict[str, str] |
     env = {**(environ if environ is not None else os.environ), **{str(k): str(v) for k, v in serve.env.items()}}
     inside = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and _is_within(Path(p), folder)]
     if inside:
-        raise ConfigError(f"PYTHONPATH entry {inside[0]} lies inside model folder {folder}, which ships code ({found}) "
-                          "the server would import: remove it from PYTHONPATH, or opt in with serve.trust_remote_code=true")
+        raise ConfigError(f"PYTHONPATH entry {inside[0]} lies inside model folder {folder}, which ships code "
+                          f"({found}) the server would import: remove it from PYTHONPATH, or opt in with "
+                          "serve.trust_remote_code=true")
     return [f"model folder {folder} ships code ({found}); it is not imported (serve.trust_remote_code=false, folder "
             "not on PYTHONPATH): set serve.trust_remote_code=true to opt in"]
 

@@ -127,14 +127,12 @@ def run_session(arms: list[Arm], trials: int, order: str, server_mode: str, say)
                 _trial(arm, k, position)
             if arm.failure is not None:
                 return
-        for arm in arms:
-            if arm.run_cfg.quality.engine == "harness":
-                continue
-            with _serving(arm, say, reset=False, trace="power_trace.lm_eval.csv") if fresh else contextlib.nullcontext():
+        for arm in arms:  # lm-eval, when selected: on the live server, or a fresh one of its own
+            if not fresh:
                 _after_trials(arm)
-        if not fresh:
-            for arm in arms:
-                _after_trials(arm)
+            elif arm.run_cfg.quality.engine != "harness":
+                with _serving(arm, say, reset=False, trace="power_trace.lm_eval.csv"):
+                    _after_trials(arm)
 
 
 @contextlib.contextmanager

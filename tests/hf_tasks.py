@@ -126,8 +126,10 @@ def mmmu(root: Path) -> tuple[Path, list[dict]]:
                "topic_difficulty": "string", "question_type": "string", "subfield": "string"}
     features = datasets.Features({k: datasets.Image() if v is None else datasets.Value(v) for k, v in columns.items()})
     specs = [
-        ("validation_Art_1", "Which style is shown in <image 1>?", "['Baroque', 'Cubism', 'Impressionism']", "B", 1, "multiple-choice"),
-        ("validation_Math_2", "What is the area of the shape in <image 1>?", "['12', '16', '24', '32']", "C", 1, "multiple-choice"),
+        ("validation_Art_1", "Which style is shown in <image 1>?", "['Baroque', 'Cubism', 'Impressionism']", "B", 1,
+         "multiple-choice"),
+        ("validation_Math_2", "What is the area of the shape in <image 1>?", "['12', '16', '24', '32']", "C", 1,
+         "multiple-choice"),
         ("validation_Physics_3", "Which force in <image 1> is largest?", "['F1', 'F2']", "A", 1, "multiple-choice"),
         ("validation_Art_4", "Compare <image 1> and <image 2>.", "['Same', 'Different']", "B", 2, "multiple-choice"),
         ("validation_Math_5", "Compute the slope in <image 1>.", "[]", "2.5", 1, "open"),

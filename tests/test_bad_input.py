@@ -145,7 +145,8 @@ DENSE_MUTATIONS = {
     "hidden_size contradicts tensors": (lambda f: _edit_config(f, _wider_hidden), "hidden_size"),
     "num_hidden_layers contradicts tensors": (lambda f: _edit_config(f, _more_layers), "num_hidden_layers"),
     "index names a missing shard": (
-        lambda f: (f / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a.weight": "gone.safetensors"}})),
+        lambda f: (f / "model.safetensors.index.json").write_text(
+            json.dumps({"weight_map": {"a.weight": "gone.safetensors"}})),
         "lacks the shard gone.safetensors"),
 }
 
@@ -157,7 +158,8 @@ def test_malformed_checkpoint_is_refused_before_any_build(tmp_path, tiny_model_d
     mutate(folder)
     message = _refusal(tmp_path, f"model.path={folder}")
     assert words in message and str(folder) in message, message
-    assert any(fix in message for fix in ("re-export", "set model.path", "point model.path", "safe_serialization")), message
+    fixes = ("re-export", "set model.path", "point model.path", "safe_serialization")
+    assert any(fix in message for fix in fixes), message
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -186,7 +188,8 @@ def int4_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     from compress.configs import config_from_name
 
     torch.set_num_threads(1)
-    return compress_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("ct") / "w4a16_rtn", config_from_name("w4a16_rtn"))
+    return compress_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("ct") / "w4a16_rtn",
+                               config_from_name("w4a16_rtn"))
 
 
 def _set_format(fmt: str):
@@ -229,7 +232,8 @@ def test_intact_checkpoints_pass(tmp_path, tiny_model_dir, int4_checkpoint):
 # ---- the CLI: exit 2, one line, no traceback, results untouched ----
 
 def _tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture()

@@ -87,7 +87,8 @@ def test_damaged_cached_build_is_refused_before_serving(tmp_path, tiny_model_dir
     from harness.build.variant import cache_key
 
     config = config_from_name("fp8_dynamic")
-    cached = tmp_path / "cache" / f"fp8_dynamic-{cache_key(tiny_model_dir, {'scheme': 'fp8_dynamic', **config_to_dict(config)})}"
+    key = cache_key(tiny_model_dir, {"scheme": "fp8_dynamic", **config_to_dict(config)})
+    cached = tmp_path / "cache" / f"fp8_dynamic-{key}"
     compress_checkpoint(tiny_model_dir, cached, config)
     shard = next(cached.glob("*.safetensors"))
     with shard.open("r+b") as handle:
@@ -95,4 +96,5 @@ def test_damaged_cached_build_is_refused_before_serving(tmp_path, tiny_model_dir
     with pytest.raises(Exception) as info:  # noqa: PT011 - checked by name below
         _preflight(tmp_path, "compress=fp8_dynamic")
     assert type(info.value).__name__ == "BuildError"
-    assert str(cached) in str(info.value) and "truncated" in str(info.value) and "delete the cached folder" in str(info.value)
+    message = str(info.value)
+    assert str(cached) in message and "truncated" in message and "delete the cached folder" in message

@@ -130,7 +130,8 @@ def test_dynamic_activation_schemes_quantize_layer_inputs_per_token(tiny_model, 
 
 def _layer0_inputs(model, calibration, name):
     seen = []
-    handle = dict(model.named_modules())[name].register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, a[0].shape[-1])))
+    handle = dict(model.named_modules())[name].register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].reshape(-1, a[0].shape[-1])))
     with torch.no_grad():
         for sample in calibration:
             model(**sample)

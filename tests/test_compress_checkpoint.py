@@ -111,7 +111,8 @@ def test_an_earlier_recipe_is_extended_not_replaced(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, pruned)
     base = {"path": "/models/gemma-4-e4b", "sha256": "ab" * 32}
     (pruned / "recipe.json").write_text(json.dumps({"base_model": base, "steps": [{"step": "prune"}]}))
-    recipe = json.loads((compress_checkpoint(pruned, tmp_path / "out", config_from_name("fp8")) / "recipe.json").read_text())
+    out = compress_checkpoint(pruned, tmp_path / "out", config_from_name("fp8"))
+    recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["base_model"] == base
     assert [s["step"] for s in recipe["steps"]] == ["prune", "compress"]
     assert recipe["steps"][1]["input"]["path"] == str(pruned.resolve())
@@ -171,7 +172,8 @@ def test_text_only_llama_is_compressed_including_gptq_on_token_inputs(tiny_llama
     for stored in (rtn, gptq):
         packed = {k.rsplit(".", 1)[0] for k in stored if k.endswith(".weight_packed")}
         assert len(packed) == 14 and "lm_head.weight" in stored and "model.embed_tokens.weight" in stored
-    assert not torch.equal(rtn["model.layers.1.mlp.down_proj.weight_packed"], gptq["model.layers.1.mlp.down_proj.weight_packed"])
+    down = "model.layers.1.mlp.down_proj.weight_packed"
+    assert not torch.equal(rtn[down], gptq[down])
 
 
 @pytest.mark.parametrize("scheme", ["fp8", "w8a8_int8", "w4a16_rtn"])

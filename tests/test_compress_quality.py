@@ -96,7 +96,8 @@ def test_offline_dense_answers_match_vllm_greedy_answers(served_records, tiny_mo
     offline = generate_records(*load_model(tiny_model_dir, "bfloat16"), samples)
     served = {r.id: r.output_text.strip() for r in served_records["bf16"]}
     agree = sum(served[r.id] == r.output_text.strip() for r in offline)
-    assert agree >= N_SAMPLES - 2, [(r.id, r.output_text, served[r.id]) for r in offline if served[r.id] != r.output_text.strip()]
+    assert agree >= N_SAMPLES - 2, [(r.id, r.output_text, served[r.id]) for r in offline
+                                    if served[r.id] != r.output_text.strip()]
 
 
 @pytest.fixture(scope="module")

@@ -161,6 +161,7 @@ def test_a_baseline_shares_the_setup_but_not_the_variant_identity_or_compression
 
     given = ["+variant=flap_global", "name=flap_bias", "compress.ratio=0.7", "compress=flap", "~compress.seed",
              "workload.limit=200", "sampling=greedy", "model.path=/m", "serve.max_num_seqs=4"]
-    assert baseline_overrides(given) == ["workload.limit=200", "sampling=greedy", "model.path=/m", "serve.max_num_seqs=4"]
+    assert baseline_overrides(given) == ["workload.limit=200", "sampling=greedy", "model.path=/m",
+                                         "serve.max_num_seqs=4"]
     base = compose(["+variant=bf16", *baseline_overrides(given)])
     assert base.name == "bf16" and base.compress.is_none and base.workload.limit == 200

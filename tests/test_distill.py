@@ -52,7 +52,8 @@ def test_distilled_checkpoint_keeps_the_pruned_format_and_frozen_towers(pruned_a
     assert before.keys() == after.keys()
     frozen = [k for k in before if ".layers." not in k or "vision_tower" in k]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen), "only text decoder layers may train"
-    trained = [k for k in before if k.startswith("model.language_model.layers.") and not torch.equal(before[k], after[k])]
+    trained = [k for k in before
+               if k.startswith("model.language_model.layers.") and not torch.equal(before[k], after[k])]
     assert any(k.endswith("mlp.down_proj.bias") for k in trained) and any("self_attn" in k for k in trained)
     load_pruned(distilled)  # strict: every tensor present with the config's shapes
     steps = json.loads((distilled / "recipe.json").read_text())["steps"]

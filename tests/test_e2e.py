@@ -128,8 +128,8 @@ def test_missing_kernel_stops_before_serving_and_scores_the_checkpoint_offline(t
     if detect_platform().avx512:
         pytest.skip("this CPU has the AVX-512 int4 kernel")
     cache = tmp_path / "cache"
-    proc = harness("+variant=w4a16_rtn", "trials=1", "workload.limit=12", f"results_dir={tmp_path}", f"cache_dir={cache}",
-                   f"hydra.run.dir={tmp_path / 'hydra'}", cwd=REPO, timeout=600)
+    proc = harness("+variant=w4a16_rtn", "trials=1", "workload.limit=12", f"results_dir={tmp_path}",
+                   f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'hydra'}", cwd=REPO, timeout=600)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert "AVX-512" in last and "Offline check" in last and "Traceback" not in proc.stderr

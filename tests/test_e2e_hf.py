@@ -47,7 +47,8 @@ def test_result_carries_the_workload_metric_and_per_item_scores(chartqa_run) -> 
 def test_a_missing_column_stops_before_any_build(tmp_path) -> None:
     data, _ = chartqa(tmp_path / "chartqa")
     cache = tmp_path / "cache"
-    proc = harness("+variant=bf16", "trials=1", "workload=chartqa", f"workload.path={data}", "workload.columns.question=question",
+    proc = harness("+variant=bf16", "trials=1", "workload=chartqa", f"workload.path={data}",
+                   "workload.columns.question=question",
                    f"results_dir={tmp_path}", f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'hydra'}",
                    cwd=REPO, timeout=300)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -115,7 +115,8 @@ def test_config_refuses_inconsistent_settings_before_any_work():
 
 
 def test_steps_config_builds_each_step_and_refuses_pruning_after_quantization():
-    steps = config_from_name("steps", steps=[{"scheme": "flap", "multiple": 32}, {"scheme": "fp8_dynamic", "include_qkv": False}])
+    steps = config_from_name("steps", steps=[{"scheme": "flap", "multiple": 32},
+                                             {"scheme": "fp8_dynamic", "include_qkv": False}])
     assert isinstance(steps, StepsConfig) and [s.SCHEME for s in steps.steps] == ["flap", "fp8_dynamic"]
     assert steps.steps[1].include_qkv is False
     with pytest.raises(ValueError, match="prune first"):

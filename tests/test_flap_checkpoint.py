@@ -135,8 +135,8 @@ def test_prune_then_fp8_steps_build_one_folder_with_one_lineage(tiny_model_dir, 
     from compress.readback import dequantized_weights
     from harness.score.offline import load_model
 
-    steps = config_from_name("steps", steps=[{"scheme": "flap", "mode": "schedule", "schedule": SCHEDULE, "multiple": 32,
-                                              "protect_roles": [], "num_samples": 8},
+    steps = config_from_name("steps", steps=[{"scheme": "flap", "mode": "schedule", "schedule": SCHEDULE,
+                                              "multiple": 32, "protect_roles": [], "num_samples": 8},
                                              {"scheme": "fp8_dynamic", "include_qkv": False}])
     out = compress_checkpoint(tiny_model_dir, tmp_path / "composite", steps, suite_source())
     assert not (tmp_path / "composite.partial").exists()

@@ -1,4 +1,5 @@
-"""At equal widths on the tiny model, FLAP-chosen channels move the output distribution less than magnitude-chosen ones."""
+"""At equal widths on the tiny model, FLAP-chosen channels move the output distribution less than
+magnitude-chosen ones."""
 
 from __future__ import annotations
 

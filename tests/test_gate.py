@@ -87,7 +87,8 @@ def test_gate_refuses_runs_that_are_not_comparable():
 
 
 def test_gate_to_dict_carries_the_energy_comparison():
-    energy = compare_trials([10.0, 11.0, 10.5], [20.0, 21.0, 19.0], variant_source="measured", baseline_source="measured")
+    energy = compare_trials([10.0, 11.0, 10.5], [20.0, 21.0, 19.0], variant_source="measured",
+                            baseline_source="measured")
     as_dict = gate(BASELINE, BASELINE, energy=energy).to_dict()
     assert as_dict["verdict"] == "pass"
     assert as_dict["energy"]["ratio"] == pytest.approx((10 / 20 * 11 / 21 * 10.5 / 19) ** (1 / 3))
@@ -143,7 +144,8 @@ def test_a_variant_at_exactly_the_threshold_passes():
 
 
 def test_interval_bounds_are_stable_across_seeds():
-    variant, baseline = report({"colour": 7, "corner": 6, "count": 8}, 20), report({"colour": 8, "corner": 7, "count": 9}, 20)
+    variant = report({"colour": 7, "corner": 6, "count": 8}, 20)
+    baseline = report({"colour": 8, "corner": 7, "count": 9}, 20)
     runs = [gate(variant, baseline, seed=seed) for seed in range(5)]
     lows, highs = [r.overall.ci_low for r in runs], [r.overall.ci_high for r in runs]
     assert max(lows) - min(lows) < 0.002 and max(highs) - min(highs) < 0.002

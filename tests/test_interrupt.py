@@ -102,7 +102,8 @@ class Chain:
     def _wait_for_replay(self, proc: subprocess.Popen, known: set[Path]) -> tuple[Path, tuple[int, str]]:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
-            new = [d for d in (self.results / "runs").glob("*") if d not in known] if (self.results / "runs").exists() else []
+            runs = self.results / "runs"
+            new = [d for d in runs.glob("*") if d not in known] if runs.exists() else []
             if new and len(_lines(new[0] / "requests.jsonl")) >= STARTED_REQUESTS:
                 server = _server(new[0] / "vllm_config.yaml")
                 assert server is not None, "no vLLM server process found for the run"

@@ -98,7 +98,8 @@ def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path):
     assert sorted(jobs) == [0, 1] and {gpu for _, gpu in jobs.values()} <= {"0", "1"}
     assert "0 ok, 2 failed" in proc.stdout
     errors = sorted(json.loads(line)["error"] for line in (sweep / "outcomes.jsonl").read_text().splitlines())
-    assert errors == ["ConfigError: workload.limit must be > 0, got -1", "ConfigError: workload.limit must be > 0, got -2"]
+    assert errors == ["ConfigError: workload.limit must be > 0, got -1",
+                      "ConfigError: workload.limit must be > 0, got -2"]
 
 
 LEASE_SCRIPT = textwrap.dedent("""

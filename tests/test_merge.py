@@ -65,7 +65,8 @@ def test_merge_adds_every_run_once_and_groups_by_hardware(two_machines, tmp_path
     assert sorted(report.added) == sorted(ids + own) and list(report.duplicates) == [ids[0]]
     assert sorted(r["run_id"] for r in _rows(out)) == sorted(ids + own)
     for run_id in ids + own:
-        assert (out / "runs" / run_id / "result.json").is_file() and (out / "runs" / run_id / "requests.jsonl").is_file()
+        run_dir = out / "runs" / run_id
+        assert (run_dir / "result.json").is_file() and (run_dir / "requests.jsonl").is_file()
     board = build_board(out)
     hardware = set(board.runs["hardware"])
     assert len(hardware) == 2 and any(OTHER_CPU in h for h in hardware)

@@ -59,7 +59,8 @@ def test_served_tiny_model_answers_suite_items(served_tiny):
 
     run = compose(["sampling=greedy", "sampling.max_tokens=8", "workload.warmup_requests=0"])
     samples = load_samples(0, "test", 16)
-    report = score(samples, replay(served_tiny.target, samples, run.workload, run.sampling, show_progress=False).records)
+    played = replay(served_tiny.target, samples, run.workload, run.sampling, show_progress=False)
+    report = score(samples, played.records)
     # Measured on 400 test items: greedy accuracy 0.99 (bench/tiny_accuracy.py).
     assert report.overall >= 0.85, report.per_task
     assert all(acc >= 0.5 for acc in report.per_task.values()), report.per_task

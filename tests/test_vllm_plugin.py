@@ -81,7 +81,8 @@ def _reference(model_dir: Path, samples, zero_bias: bool = False) -> dict:
             batch = encode(processor, [sample], with_answers=False)
             batch.pop("labels")
             log_probs = torch.log_softmax(model(**batch).logits[0, -1].float(), dim=-1)
-            out[sample.id] = {"text": texts[sample.id], "prompt_tokens": batch["input_ids"].shape[1], "log_probs": log_probs}
+            out[sample.id] = {"text": texts[sample.id], "prompt_tokens": batch["input_ids"].shape[1],
+                              "log_probs": log_probs}
     return out
 
 

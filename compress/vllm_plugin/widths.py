@@ -17,7 +17,8 @@ class FlapConfigError(ValueError):
 def is_flap_pruned(config: Mapping[str, Any]) -> bool:
     """Whether a config.json dict declares FLAP pruning (top level or its text_config)."""
     text = config.get("text_config") or {}
-    return bool(config.get("flap_pruned") or text.get("flap_pruned") or ARCHITECTURE in (config.get("architectures") or ()))
+    return bool(config.get("flap_pruned") or text.get("flap_pruned")
+                or ARCHITECTURE in (config.get("architectures") or ()))
 
 
 def flap_widths(num_hidden_layers: int, intermediate_sizes: Any, where: str = "config.json") -> list[int]:

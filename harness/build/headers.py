@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 import math
 import re
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compress.st_header import HeaderError, read_header
 from harness.errors import BuildError
 
 INDEX = "model.safetensors.index.json"
 # Bytes per element of each safetensors dtype.
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
                "I16": 2, "I8": 1, "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1}
-# A real header is kilobytes to a few MB; a length beyond this means the first 8 bytes are garbage.
-MAX_HEADER_BYTES = 100 * 2**20
 # compressed-tensors format -> (stored weight parameter, its dtype or None for any).
 _CT_STORAGE = {"pack-quantized": ("weight_packed", "I32"), "float-quantized": ("weight", "F8_E4M3"),
                "int-quantized": ("weight", "I8"), "naive-quantized": ("weight", None)}
@@ -71,7 +69,8 @@ def read_config(folder: Path) -> dict[str, Any]:
 def check_vlm(folder: Path, config: Mapping[str, Any]) -> None:
     """An image-text model: a vision_config and a ...ForConditionalGeneration architecture."""
     archs = config.get("architectures") or []
-    if not isinstance(config.get("vision_config"), Mapping) or not any(str(a).endswith("ForConditionalGeneration") for a in archs):
+    conditional = any(str(a).endswith("ForConditionalGeneration") for a in archs)
+    if not isinstance(config.get("vision_config"), Mapping) or not conditional:
         raise BuildError(
             f"{folder} is not a vision-language model (config.json has {'a' if config.get('vision_config') else 'no'} "
             f"vision_config, architectures {archs}): set model.path to an image-text checkpoint such as "
@@ -83,7 +82,7 @@ def read_tensors(folder: Path) -> dict[str, TensorInfo]:
     files = _weight_files(folder)
     tensors: dict[str, TensorInfo] = {}
     for path in files:
-        for name, info in read_header(path).items():
+        for name, info in shard_tensors(path).items():
             tensors[name] = info
     index = folder / INDEX
     if index.is_file():
@@ -121,30 +120,18 @@ def _index_map(index: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in weight_map.items()}
 
 
-def read_header(path: Path) -> dict[str, TensorInfo]:
+def shard_tensors(path: Path) -> dict[str, TensorInfo]:
     """The tensors of one safetensors file, after checking its header against the file size."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise BuildError(f"{path} is truncated ({size} bytes, shorter than a safetensors header): {_FIX}")
-        (length,) = struct.unpack("<Q", head)
-        if length > MAX_HEADER_BYTES or 8 + length > size:
-            raise BuildError(f"{path} has a corrupt safetensors header (declared length {length} bytes, "
-                             f"file {size} bytes): {_FIX}")
-        raw = handle.read(length)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BuildError(f"{path} has a garbage safetensors header (not JSON: {err}): {_FIX}") from err
-    if not isinstance(header, dict):
-        raise BuildError(f"{path} has a safetensors header that is not a JSON object: {_FIX}")
+        header, data_start = read_header(path)
+    except HeaderError as err:
+        raise BuildError(f"{err}: {_FIX}") from err
     tensors = {name: _entry(path, name, info) for name, info in header.items() if name != "__metadata__"}
-    data_end = max((_offsets(header[n])[1] for n in tensors), default=0)
-    if 8 + length + data_end != size:
-        state = "truncated" if 8 + length + data_end > size else "longer than its header says"
-        raise BuildError(f"{path} is {state}: its header describes {8 + length + data_end} bytes, the file has "
-                         f"{size}: {_FIX}")
+    described = data_start + max((_offsets(header[n])[1] for n in tensors), default=0)
+    size = path.stat().st_size
+    if described != size:
+        state = "truncated" if described > size else "longer than its header says"
+        raise BuildError(f"{path} is {state}: its header describes {described} bytes, the file has {size}: {_FIX}")
     return tensors
 
 
@@ -223,8 +210,9 @@ def check_quantization(folder: Path, config: Mapping[str, Any], tensors: Mapping
     scaled = {n[: -len(".weight_scale")] for n in tensors if n.endswith(".weight_scale")}
     packed = {n[: -len(".weight_packed")] for n in tensors if n.endswith(".weight_packed")}
     if not scaled:
-        raise BuildError(f"{folder}: config.json declares compressed-tensors quantization ({', '.join(sorted(formats))}) "
-                         f"but no tensor has a weight_scale: the weights are not quantized; {_FIX}")
+        raise BuildError(f"{folder}: config.json declares compressed-tensors quantization "
+                         f"({', '.join(sorted(formats))}) but no tensor has a weight_scale: the weights are not "
+                         f"quantized; {_FIX}")
     orphans = sorted(packed - scaled)
     if orphans:
         raise BuildError(f"{folder}: {orphans[0]}.weight_packed has no weight_scale beside it: {_FIX}")

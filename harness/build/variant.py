@@ -30,14 +30,17 @@ def local_model_dir(path_or_id: str) -> Path:
             raise BuildError(f"{path} has no config.json: point model.path at a transformers checkpoint folder")
         return path
     if path.exists() or path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1:
-        raise BuildError(f"model path {path_or_id!r} is not a folder: give a checkpoint folder or a hub id like org/name")
+        raise BuildError(f"model path {path_or_id!r} is not a folder: give a checkpoint folder or a hub id "
+                         "like org/name")
     from huggingface_hub import snapshot_download  # lazy; only real models come from a hub
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(path_or_id, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]))
+        patterns = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]
+        return Path(snapshot_download(path_or_id, allow_patterns=patterns))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
-        raise BuildError(f"cannot fetch {path_or_id} from the hub ({err}); download it first and set model.path to the folder") from err
+        raise BuildError(f"cannot fetch {path_or_id} from the hub ({err}); download it first and set model.path "
+                         "to the folder") from err
 
 
 def check_model(path_or_id: str) -> None:
@@ -50,7 +53,8 @@ def check_model(path_or_id: str) -> None:
     if looks_local:
         hint = (" (the committed tiny model is missing: restore it with git or rebuild it with "
                 "`python -m harness.tiny.train`)" if "tiny-gemma4" in path_or_id else "")
-        raise BuildError(f"model folder {path_or_id} does not exist{hint}: set model.path to a checkpoint folder or hub id")
+        raise BuildError(f"model folder {path_or_id} does not exist{hint}: set model.path to a checkpoint folder "
+                         "or hub id")
 
 
 def fingerprint(model_dir: Path) -> str:

@@ -266,7 +266,8 @@ def _check_values(run: RunConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
-    for key, value in {"workload.warmup_requests": run.workload.warmup_requests, "energy.idle_s": run.energy.idle_s or 0,
+    for key, value in {"workload.warmup_requests": run.workload.warmup_requests,
+                       "energy.idle_s": run.energy.idle_s or 0,
                        "quality.bootstrap_n": run.quality.bootstrap_n}.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")

@@ -9,8 +9,8 @@ from typing import Any
 from harness.energy.base import Meter, MeterClosedError, MeterError, TraceRow, Window
 from harness.energy.steady import steady_window
 
-__all__ = ["KINDS", "MEASUREMENT_VERSION", "Meter", "MeterClosedError", "MeterError", "TraceRow", "Window", "make_meter",
-           "check_meter", "meter_class", "steady_window"]
+__all__ = ["KINDS", "MEASUREMENT_VERSION", "Meter", "MeterClosedError", "MeterError", "TraceRow", "Window",
+           "make_meter", "check_meter", "meter_class", "steady_window"]
 
 KINDS = ("auto", "nvml", "rapl", "modeled")
 # Bumped whenever what a window measures changes (its edges, the warm-up and idle before it, the

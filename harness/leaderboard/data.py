@@ -16,9 +16,10 @@ SETUP_SECTIONS = ("model", "workload", "sampling")
 CI_CONFIDENCE = 0.95
 CI_BOOT = 2000
 # Columns a variant's row takes from its newest run rather than averaging over repeats.
-NEWEST_RUN_COLUMNS = ("variant", "group", "model", "hardware", "workload", "energy_source", "energy_flags", "is_baseline",
-                      "gate_threshold", "gate_verdict", "gate_point_pass", "quality_ratio", "quality_ratio_ci_low",
-                      "quality_ratio_ci_high", "energy_ratio", "energy_ratio_ci_low", "energy_ratio_ci_high")
+NEWEST_RUN_COLUMNS = ("variant", "group", "model", "hardware", "workload", "energy_source", "energy_flags",
+                      "is_baseline", "gate_threshold", "gate_verdict", "gate_point_pass", "quality_ratio",
+                      "quality_ratio_ci_low", "quality_ratio_ci_high", "energy_ratio", "energy_ratio_ci_low",
+                      "energy_ratio_ci_high")
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,11 @@ def energy_vs_quality(table, group: str, description: str, out: Path) -> Path:
     for _, r in rows.iterrows():
         xerr = None
         if r["suite_energy_j_ci_low"] is not None and r["suite_energy_j_ci_high"] is not None:
-            xerr = [[r["suite_energy_j"] - r["suite_energy_j_ci_low"]], [r["suite_energy_j_ci_high"] - r["suite_energy_j"]]]
+            xerr = [[r["suite_energy_j"] - r["suite_energy_j_ci_low"]],
+                    [r["suite_energy_j_ci_high"] - r["suite_energy_j"]]]
         ax.errorbar(r["suite_energy_j"], r["quality_overall"], xerr=xerr, fmt="o" if r["ranked"] else "x", capsize=3)
-        ax.annotate(r["variant"], (r["suite_energy_j"], r["quality_overall"]), textcoords="offset points", xytext=(4, 4))
+        ax.annotate(r["variant"], (r["suite_energy_j"], r["quality_overall"]), textcoords="offset points",
+                    xytext=(4, 4))
     front = pareto_front(list(zip(rows["suite_energy_j"], rows["quality_overall"])))
     ax.plot(*zip(*front), "--", color="grey", label="Pareto front")
     base = rows[rows["is_baseline"].astype(bool)]

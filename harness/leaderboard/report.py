@@ -92,7 +92,8 @@ def markdown(board: Board, plots: list[Path]) -> str:
         "- Rank: within a group, variants keeping >= the gate threshold of the baseline's quality (point "
         "estimate, as the judges score one run) by suite energy ascending; the others follow unranked.",
         "- suite_energy_j: energy over the whole suite window (first request sent to last answer received), "
-        "mean over every trial of the variant's runs; CI basis 'trials' is a t-interval over those trials ('none' below 2).",
+        "mean over every trial of the variant's runs; CI basis 'trials' is a t-interval over those trials "
+        "('none' below 2).",
         "- j_per_request = suite energy / requests; j_per_output_token = suite energy / output tokens; "
         "idle_power_w = idle window energy / its duration (model loaded, no request).",
         "- quality_ratio: variant / baseline with its 95% paired bootstrap interval over items (newest run); "

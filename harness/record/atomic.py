@@ -47,7 +47,8 @@ def to_json(obj: Any) -> str:
     try:
         return json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
     except (TypeError, ValueError) as error:
-        raise ValueError(f"cannot write as JSON ({error}); convert the value to plain numbers, strings, lists or dicts, and NaN to None") from error
+        raise ValueError(f"cannot write as JSON ({error}); convert the value to plain numbers, strings, "
+                         "lists or dicts, and NaN to None") from error
 
 
 def write_json_atomic(path: Path | str, obj: Any) -> Path:
@@ -72,4 +73,5 @@ def json_line(row: Mapping[str, Any], path: Path | str) -> str:
     try:
         return json.dumps(dict(row), allow_nan=False)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"row for {path} is not plain JSON ({error}); use numbers, strings, lists, dicts, and None for NaN") from error
+        raise ValueError(f"row for {path} is not plain JSON ({error}); use numbers, strings, lists, dicts, "
+                         "and None for NaN") from error

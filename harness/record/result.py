@@ -79,7 +79,8 @@ def new_run_dir(results_root: Path | str, variant: str, started: datetime) -> Ru
         except FileExistsError:
             continue
         return RunPaths(candidate)
-    raise ConfigError(f"1000 run directories named {base.name}* exist: clean {base.parent} or set results_dir elsewhere")
+    raise ConfigError(f"1000 run directories named {base.name}* exist: clean {base.parent} "
+                      "or set results_dir elsewhere")
 
 
 def _append_locked(fd: int, data: bytes) -> None:
@@ -181,7 +182,8 @@ class RunResult:
         """Rebuilds a RunResult from result.json; refuses other schema versions."""
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ValueError(f"result schema_version {version!r} is not {SCHEMA_VERSION}; re-run the variant with this harness")
+            raise ValueError(f"result schema_version {version!r} is not {SCHEMA_VERSION}; "
+                             "re-run the variant with this harness")
         values = dict(data)
         if values.get("latency") is not None:
             values["latency"] = Latency(**{key: Percentiles(**pcts) for key, pcts in values["latency"].items()})
@@ -201,7 +203,8 @@ def write_result(run_dir: Path | str, result: RunResult) -> Path:
 SAME_SETUP = ("model", "workload", "sampling")
 
 
-def runs_newest_first(results_dir: Path | str, variant: str, status: str | None = None) -> Iterator[tuple[dict, RunResult]]:
+def runs_newest_first(results_dir: Path | str, variant: str,
+                      status: str | None = None) -> Iterator[tuple[dict, RunResult]]:
     """(runs.jsonl row, its RunResult) of each run of ``variant``, newest first: the one lookup
     behind baselines, resumes and submissions.
 
@@ -302,7 +305,8 @@ def flat_row(result: RunResult) -> dict[str, Any]:
         "request_errors": counts.errors if counts else None,
         "output_tokens": counts.output_tokens if counts else None,
         # suite window energy / server-reported output tokens of successful requests (harness.replay.tokens)
-        "suite_j_per_output_token": joules_per_output_token(suite.get("energy_j"), counts.output_tokens if counts else None),
+        "suite_j_per_output_token": joules_per_output_token(suite.get("energy_j"),
+                                                            counts.output_tokens if counts else None),
         "error": result.error,
     }
     return _finite(row)

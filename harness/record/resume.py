@@ -19,7 +19,8 @@ class Resume:
     records: tuple[Any, ...]
 
 
-def find_resume(results_dir: Path | str, variant: str, config: Mapping[str, Any], sample_ids: Sequence[str]) -> Resume | None:
+def find_resume(results_dir: Path | str, variant: str, config: Mapping[str, Any],
+                sample_ids: Sequence[str]) -> Resume | None:
     """The run to resume, or None.
 
     A run is resumed when the newest runs.jsonl row for ``variant`` with exactly this

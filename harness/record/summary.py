@@ -116,7 +116,8 @@ def _speed_lines(result: RunResult) -> list[str]:
         lat = result.latency
         lines.append(
             f"Latency: ttft_ms p50/p90/p99 {_num(lat.ttft_ms.p50)}/{_num(lat.ttft_ms.p90)}/{_num(lat.ttft_ms.p99)}, "
-            f"latency_ms p50/p99 {_num(lat.latency_ms.p50)}/{_num(lat.latency_ms.p99)}, itl_ms p50 {_num(lat.itl_ms.p50, '.2f')}"
+            f"latency_ms p50/p99 {_num(lat.latency_ms.p50)}/{_num(lat.latency_ms.p99)}, "
+            f"itl_ms p50 {_num(lat.itl_ms.p50, '.2f')}"
         )
     if result.throughput is not None:
         lines.append(
@@ -156,7 +157,8 @@ def print_summary(result: RunResult, run_dir: Path | str | None = None, console:
         if zero_line:
             console.print(zero_line)
     trials = _trials_line(result.energy)
-    for line in ([trials] if trials else []) + _gate_lines(result.gate) + _speed_lines(result) + _fallback_lines(result.serve):
+    lines = [trials] if trials else []
+    for line in lines + _gate_lines(result.gate) + _speed_lines(result) + _fallback_lines(result.serve):
         console.print(line)
     if run_dir is not None:
         console.print(f"Run directory: {run_dir}")

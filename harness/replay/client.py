@@ -83,7 +83,8 @@ def replay(
     """Sends ``samples`` (objects with id, task, image, prompt) the way ``workload`` says.
 
     ``warmup`` samples (best kept outside the measured suite, see
-    harness.replay.workloads.split_warmup) go first, sequentially, and are returned apart. Failures become records with ``error`` set.
+    harness.replay.workloads.split_warmup) go first, sequentially, and are returned apart.
+    Failures become records with ``error`` set.
     ``on_record``, if given, is called with each measured record as soon as it completes
     (so a caller keeps what finished even when the replay is cancelled).
     """

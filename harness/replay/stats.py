@@ -78,7 +78,8 @@ def percentiles(values: Iterable[float | None]) -> Percentiles:
     return Percentiles(float(p50), float(p90), float(p99))
 
 
-def summarize_requests(records: Sequence[TimedRecord], suite_duration_s: float | None) -> tuple[Latency, Throughput, Counts]:
+def summarize_requests(records: Sequence[TimedRecord],
+                       suite_duration_s: float | None) -> tuple[Latency, Throughput, Counts]:
     """Latency percentiles, throughput and counts of one run's replay records.
 
     Args:

@@ -159,7 +159,8 @@ def _check_comparable(variant: QualityReport, baseline: QualityReport, rule: str
     if not 0.0 < threshold:
         raise ValueError(f"gate threshold must be positive (the competition uses 0.80), got {threshold}")
     if variant.metric != baseline.metric:
-        raise ValueError(f"variant scored with {variant.metric!r} but baseline with {baseline.metric!r}; score both alike")
+        raise ValueError(f"variant scored with {variant.metric!r} but baseline with {baseline.metric!r}; "
+                         "score both alike")
     if set(variant.per_task) != set(baseline.per_task):
         raise ValueError(
             f"variant tasks {sorted(variant.per_task)} differ from baseline tasks {sorted(baseline.per_task)}; "
@@ -226,7 +227,8 @@ def gate(
         b_reps.append(b_means)
         point = float(_safe_ratio(variant.per_task[task], baseline.per_task[task]))
         low, high = _interval(_safe_ratio(v_means, b_means), confidence)
-        per_task[task] = Ratio(task, point, low, high, confidence, n_boot, paired, len(v_tasks[task]), len(b_tasks[task]))
+        per_task[task] = Ratio(task, point, low, high, confidence, n_boot, paired,
+                               len(v_tasks[task]), len(b_tasks[task]))
     overall_reps = _safe_ratio(np.mean(v_reps, axis=0), np.mean(b_reps, axis=0))
     low, high = _interval(overall_reps, confidence)
     overall = Ratio(

@@ -53,7 +53,8 @@ def run_offline(run_cfg: RunConfig, config_dict: dict[str, Any], check, samples,
                         f"items): quality {report.overall:.3f}, recorded in {paths.root}.")
 
 
-def _record(run_cfg, config_dict, check, paths, started, report, model_dir: Path | None, error: str | None = None) -> None:
+def _record(run_cfg, config_dict, check, paths, started, report, model_dir: Path | None,
+            error: str | None = None) -> None:
     """Writes result.json and a runs.jsonl row: status offline, or failed with ``error``."""
     from dataclasses import asdict
 

@@ -109,7 +109,8 @@ def _index_records(records: Iterable[RecordLike]) -> dict[str, RecordLike]:
     by_id: dict[str, RecordLike] = {}
     for record in records:
         if record.id in by_id:
-            raise ValueError(f"two replay records share id {record.id!r}; drop warm-up or repeated records before scoring")
+            raise ValueError(f"two replay records share id {record.id!r}; "
+                             "drop warm-up or repeated records before scoring")
         by_id[record.id] = record
     return by_id
 

@@ -38,7 +38,8 @@ class ServerTarget:
     model_name: str
 
 
-def vllm_args(model_path: str | Path, serve: ServeConfig, *, served_model_name: str, dtype: str = "auto") -> dict[str, Any]:
+def vllm_args(model_path: str | Path, serve: ServeConfig, *, served_model_name: str,
+              dtype: str = "auto") -> dict[str, Any]:
     """The serve settings as vLLM config-file keys (the long CLI option names without '--').
 
     Host, port and API key are left out: they belong to this machine and run, not to the

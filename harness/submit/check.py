@@ -76,7 +76,8 @@ def _required(folder: Path) -> list[Problem]:
         problems.append(Problem("*.safetensors", "no weights", "copy the (compressed) safetensors files"))
     if not have.intersection({"chat_template.jinja", "chat_template.json"}) and "chat_template" not in _json(
             folder / "tokenizer_config.json"):
-        problems.append(Problem("chat_template.jinja", "no chat template", "copy chat_template.jinja from the checkpoint"))
+        problems.append(Problem("chat_template.jinja", "no chat template",
+                                "copy chat_template.jinja from the checkpoint"))
     return problems
 
 

@@ -69,10 +69,12 @@ def _ask(base_url: str, key: str, model: str) -> str:
     sample = load_samples(seed=0, split="test", limit=1)[0]
     client = openai.OpenAI(base_url=base_url, api_key=key, timeout=120.0)
     try:
-        reply = client.chat.completions.create(model=model, messages=chat_messages(sample), max_tokens=ANSWER_MAX_TOKENS,
-                                               temperature=1.0, top_p=0.95, seed=0, extra_body={"top_k": 64})
+        reply = client.chat.completions.create(model=model, messages=chat_messages(sample),
+                                               max_tokens=ANSWER_MAX_TOKENS, temperature=1.0, top_p=0.95, seed=0,
+                                               extra_body={"top_k": 64})
     except openai.OpenAIError as err:
-        raise LaunchError(f"the image request failed: {err}", "serve the folder by hand and send an image request") from err
+        raise LaunchError(f"the image request failed: {err}",
+                          "serve the folder by hand and send an image request") from err
     return reply.choices[0].message.content or ""
 
 

@@ -1,4 +1,5 @@
-"""`python -m harness.submit +variant=NAME [overrides] [--out DIR]`: a validated upload folder from the newest ok run."""
+"""`python -m harness.submit +variant=NAME [overrides] [--out DIR]`: a validated upload folder from the
+newest ok run."""
 
 from __future__ import annotations
 
@@ -108,7 +109,8 @@ def make_submission(overrides: list[str], out: Path | None = None):
     if out.exists() and any(out.iterdir()):
         raise SubmitError(f"{out} exists and is not empty: remove it or pass --out to a new folder")
     if not (model_dir / "config.json").is_file():
-        raise SubmitError(f"the served checkpoint {model_dir} is gone: re-run `python -m harness +variant={run_cfg.name}`")
+        raise SubmitError(f"the served checkpoint {model_dir} is gone: "
+                          f"re-run `python -m harness +variant={run_cfg.name}`")
     out.mkdir(parents=True, exist_ok=True)
     copy_checkpoint(model_dir, out)
     write_serve_config(run_dir, model_dir, out)

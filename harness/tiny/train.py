@@ -97,7 +97,8 @@ def train(out_dir: Path, steps: int, batch: int, lr: float, seed: int, eval_ever
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98))
     held_out = load_samples(seed, "train", 120, offset=10_000_000)  # never reached by training
     log = {"seed": seed, "steps": steps, "batch": batch, "lr": lr, "target": target, "spec": spec.__dict__, "evals": []}
     start = time.time()

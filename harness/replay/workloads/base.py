@@ -76,8 +76,10 @@ def build_dataset(seed: int = 0, n_train: int = 2000, n_test: int = 400):
 
     return datasets.DatasetDict(
         {
-            "train": datasets.Dataset.from_generator(rows, gen_kwargs={"split": "train", "n": n_train}, features=features),
-            "test": datasets.Dataset.from_generator(rows, gen_kwargs={"split": "test", "n": n_test}, features=features),
+            "train": datasets.Dataset.from_generator(rows, gen_kwargs={"split": "train", "n": n_train},
+                                                     features=features),
+            "test": datasets.Dataset.from_generator(rows, gen_kwargs={"split": "test", "n": n_test},
+                                                    features=features),
         }
     )
 

@@ -63,7 +63,8 @@ def load_hf(workload: Any) -> list[Sample]:
                        workload.limit)
     if not chosen:
         raise ConfigError(f"no row of {_source(workload)} split {workload.split!r} is left after filters "
-                          f"{dict(workload.filters)} and offset {workload.offset}; loosen workload.filters or lower workload.offset")
+                          f"{dict(workload.filters)} and offset {workload.offset}; loosen workload.filters or "
+                          "lower workload.offset")
     rows = split.select(chosen)
     return [to_sample(row, index, columns, workload) for index, row in zip(chosen, rows)]
 

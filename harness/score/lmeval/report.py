@@ -96,7 +96,8 @@ def reported_metrics(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for section in ("results", "groups"):
         for task, values in (results.get(section) or {}).items():
-            numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            numbers = {k: float(v) for k, v in values.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
             out.setdefault(task, {}).update(numbers)
     return out
 
