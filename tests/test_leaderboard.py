@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.leaderboard.data import bootstrap_ci, build_board
+from harness.leaderboard.data import build_board
 from harness.leaderboard.plots import pareto_front
 from harness.leaderboard.report import gate_text
 from tests.real_runs import LIMIT, REPO, real_runs  # noqa: F401 - the shared fixture
@@ -59,29 +59,41 @@ def _suite(results: Path, run_id: str) -> dict:
     return next(w for w in _result(results, run_id)["energy"]["windows"] if w["name"] == "suite")
 
 
+def _trial_energies(results: Path, run_id: str) -> list[float]:
+    return [t["suite"]["energy_j"] for t in _result(results, run_id)["energy"]["trials"]]
+
+
 def test_figures_of_one_run_are_those_of_its_files(real_runs):
     board = build_board(real_runs)
-    row = board.table[(board.table["variant"] == "bf16") & (board.table["group"] == _competition_group(board))].iloc[0]
+    row = board.table[(board.table["variant"] == "bf16") & (board.table["group"] != _competition_group(board))].iloc[0]
     run_dir = real_runs / "runs" / row["run_ids"]
     result, suite = _result(real_runs, row["run_ids"]), _suite(real_runs, row["run_ids"])
+    energies = _trial_energies(real_runs, row["run_ids"])
     requests = [json.loads(line) for line in (run_dir / "requests.jsonl").read_text().splitlines()]
-    assert row["n_runs"] == 1 and row["suite_energy_ci_basis"] == "items"
-    assert row["suite_energy_j"] == pytest.approx(suite["energy_j"])
+    assert row["n_runs"] == 1 and len(energies) == 2 and row["suite_energy_ci_basis"] == "trials"
+    assert row["suite_energy_j"] == pytest.approx(np.mean(energies))  # the mean over its trials
     assert row["energy_source"] == suite["source"] == "modeled"
-    assert row["j_per_request"] == pytest.approx(suite["energy_j"] / LIMIT)
-    assert row["j_per_output_token"] == pytest.approx(suite["energy_j"] / sum(r["output_tokens"] for r in requests))
+    assert row["j_per_request"] == pytest.approx(np.mean(energies) / LIMIT)
+    tokens = sum(r["output_tokens"] for r in requests)
+    assert row["j_per_output_token"] == pytest.approx(np.mean(energies) / tokens)
     assert row["latency_ms_p95"] == pytest.approx(np.percentile([r["latency_ms"] for r in requests], 95))
     assert row["quality_overall"] == pytest.approx(result["quality"]["overall"])
     assert row["suite_energy_j_ci_low"] < row["suite_energy_j"] < row["suite_energy_j_ci_high"]
 
 
-def test_repeated_runs_of_a_variant_are_averaged_with_their_spread(real_runs):
+def test_repeated_runs_of_a_variant_are_averaged_over_all_their_trials(real_runs):
+    from scipy import stats
+
     row = build_board(real_runs).table.query("variant == 'bf16_seqs4'").iloc[0]
-    energies = [_suite(real_runs, run_id)["energy_j"] for run_id in row["run_ids"].split()]
-    assert row["n_runs"] == 2 and row["suite_energy_ci_basis"] == "repeats"
+    run_ids = row["run_ids"].split()
+    energies = [j for run_id in run_ids for j in _trial_energies(real_runs, run_id)]
+    assert row["n_runs"] == 2 and len(energies) == 4 and row["suite_energy_ci_basis"] == "trials"
     assert row["suite_energy_j"] == pytest.approx(np.mean(energies))
-    assert row["suite_energy_j_std"] == pytest.approx(np.std(energies, ddof=1))
-    assert min(energies) <= row["suite_energy_j_ci_low"] <= row["suite_energy_j_ci_high"] <= max(energies)
+    run_means = [np.mean(_trial_energies(real_runs, run_id)) for run_id in run_ids]
+    assert row["suite_energy_j_std"] == pytest.approx(np.std(run_means, ddof=1))
+    half = stats.t.ppf(0.975, 3) * np.std(energies, ddof=1) / 2  # t-interval over the 4 trials
+    assert row["suite_energy_j_ci_low"] == pytest.approx(np.mean(energies) - half)
+    assert row["suite_energy_j_ci_high"] == pytest.approx(np.mean(energies) + half)
 
 
 def test_rank_puts_gate_passing_variants_first_by_energy():
@@ -145,7 +157,3 @@ def test_pareto_front_keeps_only_undominated_points():
     assert pareto_front(points) == [(10.0, 0.5), (12.0, 0.9), (20.0, 0.95)]
 
 
-def test_bootstrap_interval_needs_two_values_and_brackets_the_mean():
-    assert bootstrap_ci([5.0], np.mean) == (None, None)
-    low, high = bootstrap_ci([4.0, 5.0, 6.0, 5.5], np.mean)
-    assert low < 5.125 < high

@@ -14,7 +14,6 @@ from harness.replay.tokens import joules_per_output_token
 # energy source and the hardware are added on top (see `setup_key`).
 SETUP_SECTIONS = ("model", "workload", "sampling")
 CI_CONFIDENCE = 0.95
-CI_BOOT = 2000
 # Columns a variant's row takes from its newest run rather than averaging over repeats.
 NEWEST_RUN_COLUMNS = ("variant", "group", "model", "hardware", "workload", "energy_source", "energy_flags",
                       "is_baseline", "gate_threshold", "gate_verdict", "gate_point_pass", "quality_ratio",
@@ -168,20 +167,6 @@ def _setup_of(result) -> dict[str, Any]:
         return {"model": None, "hardware": None, "workload": None}
     return {"model": (result.config.get("model") or {}).get("name"), "hardware": hardware_of(result.provenance),
             "workload": (result.config.get("workload") or {}).get("name")}
-
-
-def bootstrap_ci(values, reduce, seed: int = 0) -> tuple[float | None, float | None]:
-    """Percentile-bootstrap CI_CONFIDENCE interval of reduce(values); (None, None) below 2 values."""
-    import numpy as np
-
-    data = np.asarray(list(values), dtype=float)
-    if data.size < 2:
-        return None, None
-    rng = np.random.default_rng(seed)
-    reps = reduce(data[rng.integers(0, data.size, size=(CI_BOOT, data.size))], axis=1)
-    tail = (1 - CI_CONFIDENCE) / 2 * 100
-    low, high = np.percentile(reps, [tail, 100 - tail])
-    return float(low), float(high)
 
 
 def _suite_energy_ci(runs) -> tuple[float | None, float | None, str]:
