@@ -11,7 +11,7 @@ from typing import Any
 from harness.build.variant import build_variant
 from harness.config.schema import RunConfig
 from harness.energy import MEASUREMENT_VERSION
-from harness.preflight import preflight
+from harness.preflight import check_session, preflight
 from harness.record import provenance
 from harness.record.atomic import write_jsonl_atomic
 from harness.record.redact import redact_serve
@@ -47,6 +47,7 @@ def run(run_cfg: RunConfig, config: dict[str, Any], console=None, baseline: RunC
     if check.unservable:
         run_offline(run_cfg, config, check, samples, console)  # records, then raises the reason
     resume = find_resume(run_cfg.results_dir, run_cfg.name, config, [str(s.id) for s in samples])
+    mode = check_session(run_cfg, check, with_baseline=baseline is not None and resume is None)
     started = datetime.now(timezone.utc)
     arms: list[Arm] = []
     if baseline is not None and resume is None:
@@ -57,7 +58,7 @@ def run(run_cfg: RunConfig, config: dict[str, Any], console=None, baseline: RunC
             arm.model_dir = build_variant(arm.run_cfg, arm.check.compress, log=say)
         trials = 1 if resume is not None else run_cfg.trials
         if arms[-1].samples:  # a resume with nothing left to replay needs no server
-            run_session(arms, trials, run_cfg.trial_order, run_cfg.trial_server, say)
+            run_session(arms, trials, run_cfg.trial_order, mode, say)
     except (KeyboardInterrupt, Exception) as err:  # noqa: BLE001 - recorded, then re-raised
         # Ctrl-C raises a bare KeyboardInterrupt; SIGTERM's handler names its signal.
         reason = str(err) or ("interrupted by SIGINT (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else "")

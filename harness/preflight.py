@@ -16,6 +16,7 @@ from harness.energy import check_meter
 from harness.errors import ConfigError
 from harness.score.lmeval.engine import check_engine
 from harness.serve.capabilities import PlatformCheck, check_platform
+from harness.trials import server_mode
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,27 @@ def preflight(run_cfg: RunConfig) -> PlatformCheck:
     check_inputs(run_cfg, check)  # port, checkpoint headers, code in the model folder, disk space
     check_engine(run_cfg)  # quality.engine=lm_eval: lm-eval tasks known and generative
     return check
+
+
+def check_session(run_cfg: RunConfig, check: PlatformCheck, with_baseline: bool) -> str:
+    """How the trials' servers run (``trial_server`` resolved for this platform), refusing what cannot work.
+
+    Shared mode with a baseline keeps two servers up at once: they cannot share a fixed port,
+    and on a GPU both must fit in its memory.
+
+    Raises:
+        ConfigError: the setting that fixes it.
+    """
+    mode = server_mode(run_cfg.trial_server, check.platform.device)
+    if mode != "shared" or not with_baseline:
+        return mode
+    if run_cfg.serve.port:
+        raise ConfigError(f"serve.port={run_cfg.serve.port} is fixed, but trial_server=shared runs the baseline's and "
+                          "the variant's servers at once: set serve.port=0 or trial_server=fresh")
+    if check.platform.device == "cuda" and run_cfg.serve.gpu_memory_utilization > 0.45:
+        raise ConfigError("trial_server=shared keeps the baseline's and the variant's servers on the GPU at once: "
+                          "set trial_server=fresh (or serve.gpu_memory_utilization<=0.45)")
+    return mode
 
 
 def check_results_dir(results_dir: str | Path) -> None:

@@ -90,6 +90,15 @@ class Arm:
         return next((t.failure for t in self.trials if t.failure is not None), None)
 
 
+def server_mode(trial_server: str, device: str) -> str:
+    """``trial_server`` resolved: "auto" is shared on a CPU and fresh on a GPU."""
+    if trial_server not in (*SERVERS, "auto"):
+        raise ValueError(f"trial_server must be auto or one of {SERVERS}, got {trial_server!r}")
+    if trial_server != "auto":
+        return trial_server
+    return "fresh" if device == "cuda" else "shared"
+
+
 def schedule(n: int, order: str, with_baseline: bool) -> list[tuple[int, int]]:
     """(arm, trial) pairs in running order; arm 0 is the baseline when there is one.
 

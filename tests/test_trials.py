@@ -148,3 +148,24 @@ def test_flat_row_ranks_on_the_mean_over_trials_and_says_partial():
     row = flat_row(result)
     assert row["suite_energy_j"] == pytest.approx(105.0) and row["trials"] == 2 and not row["energy_partial"]
     assert flat_row(dataclasses.replace(result, energy={**energy, "partial": True}))["energy_partial"]
+
+
+def test_trial_server_resolves_per_platform_and_refuses_two_servers_that_cannot_coexist():
+    from harness.errors import ConfigError
+    from harness.preflight import check_session
+    from harness.serve.capabilities import Platform, PlatformCheck
+
+    def check(device: str, run) -> PlatformCheck:
+        return PlatformCheck(Platform(device, gpu_name="NVIDIA H200" if device == "cuda" else None), run.serve, ())
+
+    assert check_session(RUN, check("cpu", RUN), with_baseline=True) == "shared"
+    assert check_session(RUN, check("cuda", RUN), with_baseline=True) == "fresh"  # auto on a GPU
+    shared = compose(["+variant=fp8", "trial_server=shared"])
+    with pytest.raises(ConfigError, match="trial_server=fresh"):
+        check_session(shared, check("cuda", shared), with_baseline=True)  # two servers at 0.9 of the GPU each
+    halves = compose(["+variant=fp8", "trial_server=shared", "serve.gpu_memory_utilization=0.4"])
+    assert check_session(halves, check("cuda", halves), with_baseline=True) == "shared"
+    fixed = compose(["+variant=fp8", "serve.port=8000"])
+    with pytest.raises(ConfigError, match="serve.port=0"):
+        check_session(fixed, check("cpu", fixed), with_baseline=True)
+    assert check_session(fixed, check("cpu", fixed), with_baseline=False) == "shared"  # one server: fine

@@ -155,7 +155,7 @@ class RunConfig:
     results_dir: str = "results"
     cache_dir: str = ".cache/variants"
     trials: int = 3
-    trial_server: Literal["shared", "fresh"] = "shared"
+    trial_server: Literal["auto", "shared", "fresh"] = "auto"
     trial_order: Literal["abba", "alternate"] = "abba"
 
 
