@@ -26,6 +26,7 @@ from typing import Any
 from harness.energy import make_meter, steady_window
 from harness.energy.attribution import per_request_energy_j
 from harness.energy.base import MeterError, Window
+from harness.energy.clock import now
 from harness.energy.nvml import gpu_snapshot
 from harness.energy.steady import FLAG_SHORT_STEADY, saturated_window, steady_min_s
 from harness.replay.client import ReplayResult, replay
@@ -166,9 +167,9 @@ def _serving(arm: Arm, say, reset: bool, trace: str) -> Iterator[None]:
                 reset_caches(server.target)
             with contextlib.suppress(Exception):  # informative only: a vLLM without the gauge
                 arm.cache_config = read_metrics(server.target)[1]
-            idle_t0 = time.time()
+            idle_t0 = now()
             time.sleep(idle_seconds(rc.energy.idle_s, arm.check.platform.device))  # loaded, warm, no request
-            idle = meter.energy_between(idle_t0, time.time(), name="idle")
+            idle = meter.energy_between(idle_t0, now(), name="idle")
             arm.live = {"server": server, "meter": meter, "idle": idle, "reset": reset, "first_cache": None}
             try:
                 yield
@@ -205,13 +206,13 @@ def _trial(arm: Arm, k: int, position: int) -> None:
         reset_caches(server.target)
     before = _counters(server)
     log = arm.root / ("requests.jsonl" if k == 1 else f"requests.trial{k}.jsonl")
-    t0 = time.time()
+    t0 = now()
     try:
         guarded = guarded_replay(server, arm.samples, rc.workload, rc.sampling, log_path=log,
                                  chat_template_kwargs=arm.check.serve.chat_template_kwargs)
     except BaseException:
         with contextlib.suppress(MeterError, ValueError):
-            t1 = time.time()
+            t1 = now()
             partial = meter.energy_between(t0, t1, name="suite_partial")
             arm.trials.append(Trial(k, position, ReplayResult((), (), t0, t1), partial, None, live["idle"], None,
                                     RuntimeError("interrupted")))

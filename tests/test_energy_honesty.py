@@ -8,6 +8,7 @@ import time
 import pytest
 
 from harness.energy.base import FLAG_MISMATCH, FLAG_STUCK
+from harness.energy.clock import now
 from harness.energy.nvml import NvmlMeter, counter_power_disagreement
 from tests.fakes.fake_nvml import IDLE_W, FakeGpu, FakeNvml, PowerTrace
 
@@ -15,7 +16,7 @@ TOLERANCE = 0.1
 
 
 def _sleep_until(fake: FakeNvml, trace_s: float) -> None:
-    time.sleep(max(0.0, fake.t0_s + trace_s - time.time()))
+    time.sleep(max(0.0, fake.t0_s + trace_s - now()))
 
 
 def _meter(fake: FakeNvml) -> NvmlMeter:
@@ -69,3 +70,16 @@ def test_idle_gpu_is_not_flagged_stuck() -> None:
     assert window.flags == ()
     assert window.energy_j == pytest.approx(IDLE_W * window.duration_s, rel=TOLERANCE)  # counter advanced
     assert abs(window.counter_power_disagreement) < TOLERANCE
+
+
+def test_a_wall_clock_step_does_not_bend_a_window(monkeypatch) -> None:
+    """Window edges come from a monotonic clock: an NTP step of the wall clock mid-window changes nothing."""
+    fake = FakeNvml([FakeGpu(PowerTrace([(10.0, 200.0, 200.0)]))])
+    with NvmlMeter(nvml=fake) as meter:
+        meter.begin_window("stepped")
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() - 3600.0)  # the wall clock jumps back an hour
+        time.sleep(0.5)
+        window = meter.end_window("stepped")
+    assert 0.45 < window.duration_s < 5.0
+    assert window.energy_j == pytest.approx(200.0 * window.duration_s, rel=0.3)

@@ -8,6 +8,7 @@ import pytest
 
 from harness.energy import MeterClosedError, steady_window
 from harness.energy.base import FLAG_ABOVE_LIMIT, FLAG_FROM_POWER, FLAG_MISMATCH, FLAG_RESET, FLAG_SHORT
+from harness.energy.clock import now
 from harness.energy.nvml import NvmlMeter
 from harness.energy.nvml_errors import NvmlError
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml, PowerTrace, load_trace
@@ -16,7 +17,7 @@ COUNTER_PERIOD_S = 0.1
 
 
 def _sleep_until(fake: FakeNvml, trace_s: float) -> None:
-    time.sleep(max(0.0, fake.t0_s + trace_s - time.time()))
+    time.sleep(max(0.0, fake.t0_s + trace_s - now()))
 
 
 def _counter_bound_j(fake: FakeNvml, steps: int = 1) -> float:

@@ -11,6 +11,7 @@ import pynvml
 import pytest
 
 from harness.energy import MeterError
+from harness.energy.clock import now
 from harness.energy.nvml import NvmlMeter, gpu_snapshot, nvml_available
 from harness.energy.nvml_errors import NvmlError
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml, load_trace
@@ -110,4 +111,4 @@ def test_window_names_are_checked() -> None:
         with pytest.raises(ValueError, match="no open window"):
             meter.end_window("b")
         with pytest.raises(ValueError, match="outside the sampled span"):
-            meter.energy_between(time.time() - 3600, time.time())
+            meter.energy_between(now() - 3600, now())

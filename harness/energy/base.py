@@ -6,11 +6,11 @@ import csv
 import json
 import os
 import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple, Sequence
 
+from harness.energy.clock import now
 from harness.energy.series import DeviceSeries
 from harness.errors import HarnessError
 
@@ -35,7 +35,7 @@ class MeterClosedError(MeterError):
 
 @dataclass(frozen=True)
 class Window:
-    """Energy used over one named span of wall-clock time.
+    """Energy used over one named span of time (harness.energy.clock: monotonic, on the wall clock's scale).
 
     energy_j is the sum over the meter's devices of cumulative energy at end_s minus
     cumulative energy at start_s, each read from the sampled series by linear
@@ -79,7 +79,7 @@ class Window:
 class TraceRow:
     """One sample of one device: cumulative energy since the meter started, and power."""
 
-    t_wall_s: float
+    t_wall_s: float  # harness.energy.clock.now(): monotonic, readable as a time of day
     device: str
     energy_j: float
     power_w: float | None
@@ -126,7 +126,7 @@ class Meter:
 
     # --- for subclasses -------------------------------------------------------------
     def _read(self, t_s: float) -> list[Reading]:
-        """One Reading per device (in `self.devices` order), taken at wall time t_s."""
+        """One Reading per device (in `self.devices` order), taken at time t_s (harness.energy.clock)."""
         raise NotImplementedError
 
     def _window_checks(self, device: str, t0_s: float, t1_s: float,
@@ -144,9 +144,9 @@ class Meter:
 
     # --- sampling -------------------------------------------------------------------
     def sample_now(self) -> float:
-        """Take one sample of every device now; returns its wall-clock time."""
+        """Take one sample of every device now; returns its time (harness.energy.clock)."""
         with self._lock:
-            t_s = time.time()
+            t_s = now()
             try:
                 readings = self._read(t_s)
             except MeterError as err:
@@ -174,7 +174,7 @@ class Meter:
 
     # --- windows --------------------------------------------------------------------
     def begin_window(self, name: str) -> float:
-        """Open a named window now; returns its start time (wall clock, seconds)."""
+        """Open a named window now; returns its start time (harness.energy.clock, seconds)."""
         self._check_usable()
         if name in self._open:
             raise ValueError(f"window {name!r} is already open; end it or use another name")
@@ -190,7 +190,7 @@ class Meter:
         return self._window(name, t0_s, self.sample_now())
 
     def energy_between(self, t0_s: float, t1_s: float, name: str = "between") -> Window:
-        """Energy over [t0_s, t1_s] (wall clock) from the samples, defined after the fact."""
+        """Energy over [t0_s, t1_s] (harness.energy.clock) from the samples, defined after the fact."""
         if t1_s < t0_s:
             raise ValueError(f"window {name!r} ends before it starts ({t1_s} < {t0_s})")
         series = self._series[self.devices[0]]

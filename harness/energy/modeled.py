@@ -10,7 +10,7 @@ from harness.energy.base import Meter, MeterError, Reading
 class ModeledMeter(Meter):
     """An estimate, not a measurement: every window it makes has source "modeled".
 
-    The model, for a window [t0, t1] (wall clock, seconds):
+    The model, for a window [t0, t1] (harness.energy.clock, seconds):
 
         energy_j = idle_w * (t1 - t0) + busy_core_w * (C(t1) - C(t0))
 

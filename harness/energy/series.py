@@ -9,7 +9,7 @@ class DeviceSeries:
     """Samples of one device, appended in time order by the meter's sampling thread.
 
     Quantities:
-        t_s: wall-clock time of the sample (time.time(), seconds).
+        t_s: time of the sample (harness.energy.clock.now(): monotonic, on the wall clock's scale).
         energy_j: energy the device used from the meter's first sample up to t_s (joules,
             never decreasing: counter resets and wraps are handled before appending).
         power_w: the power the device reported at t_s (watts), or None where the meter
@@ -23,7 +23,7 @@ class DeviceSeries:
         self.power_w: list[float | None] = []
 
     def append(self, t_s: float, energy_j: float, power_w: float | None) -> None:
-        """Add a sample; a wall clock stepping backwards is clamped to the last time."""
+        """Add a sample; a time before the last one (a caller using another clock) is clamped to it."""
         if self.t_s and t_s < self.t_s[-1]:
             t_s = self.t_s[-1]
         self.t_s.append(t_s)

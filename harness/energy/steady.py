@@ -28,7 +28,7 @@ def saturated_window(first_token_s: Sequence[float], end_s: Sequence[float], tar
     (no more requests than ``target``) or the two instants do not leave a span.
 
     Args:
-        first_token_s: per request, when its first token arrived (wall clock).
+        first_token_s: per request, when its first token arrived (harness.energy.clock).
         end_s: per request, when it ended.
         target: requests the server runs at once at full load (>= 1).
     """
@@ -51,7 +51,7 @@ def steady_window(
 ) -> tuple[float, float] | None:
     """The longest span during which at least `concurrency` requests were in flight.
 
-    Definition: a request is in flight from its start_s to its end_s (client wall clock,
+    Definition: a request is in flight from its start_s to its end_s (harness.energy.clock,
     as the replay records them). Let n(t) be the number in flight at t; at an instant where
     one request ends and another starts, the start is counted first, so a hand-over does
     not dip. The candidate spans are the maximal intervals with n(t) >= concurrency.

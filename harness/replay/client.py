@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.config.schema import SamplingConfig, WorkloadConfig
+from harness.energy.clock import now
 from harness.replay.tokens import STREAM_OPTIONS, usage_tokens
 from harness.serve.vllm import ServerTarget
 
@@ -21,7 +22,7 @@ from harness.serve.vllm import ServerTarget
 class RequestRecord:
     """One request as the client saw it.
 
-    Times: ``start_s``/``end_s`` are wall clock (time.time()) when the request was sent and
+    Times: ``start_s``/``end_s`` (harness.energy.clock.now()) are when the request was sent and
     when its stream ended. ``ttft_ms`` is from sending to the first chunk carrying text;
     ``latency_ms`` from sending to the end of the stream; ``itl_ms`` the gaps between
     successive chunks carrying text (vLLM sends one token per chunk, but a token whose bytes
@@ -49,7 +50,7 @@ class RequestRecord:
 
 @dataclass(frozen=True)
 class ReplayResult:
-    """Measured records plus the wall-clock window (start_s..end_s) that holds only them.
+    """Measured records plus the window (start_s..end_s, harness.energy.clock) that holds only them.
 
     The window opens when the first measured request is sent (after warm-up) and closes when
     the last one ends, so an energy meter can integrate exactly over it.
@@ -127,7 +128,7 @@ async def replay_async(
         warm = [await _send(client, target.model_name, s, chat_messages(s), _params(sampling, s, extra))
                 for s in warmup]
         with _Progress(len(samples), show_progress) as advance:
-            start_s = time.time()
+            start_s = now()
             records = await _schedule(samples, workload, send, advance, on_record)
             end_s = max([start_s, *(r.end_s for r in records)])
     return ReplayResult(tuple(records), tuple(warm), start_s, end_s)
@@ -218,7 +219,7 @@ async def _send(client: Any, model: str, sample: Any, messages: list[dict[str, A
     import httpx
     import openai
 
-    state = _StreamState(time.time(), time.perf_counter(), params.get("seed"))
+    state = _StreamState(now(), time.perf_counter(), params.get("seed"))
     try:
         stream = await client.chat.completions.create(
             model=model, messages=messages, stream=True, stream_options=STREAM_OPTIONS, **params

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.energy.clock import now
 from harness.errors import RunFailed
 
 # How often the watchdog asks whether the server process is still there; bounds the time
@@ -24,7 +24,7 @@ class GuardedReplay:
 
     ``played`` is a ReplayResult. When the server died, it holds only the measured requests
     that completed without error before the death; its window opens at the first of them and closes at
-    ``failed_at_s``, the wall-clock time (time.time()) the watchdog saw the server gone.
+    ``failed_at_s``, when (harness.energy.clock.now()) the watchdog saw the server gone.
     ``failure`` is then the ServerError (with the server log tail), else None.
     """
 
@@ -66,7 +66,7 @@ async def _watch(server, samples, workload, sampling, chat_template_kwargs, log_
             try:
                 server.check_alive()  # also once the replay ends: requests to a dead port fail fast
             except ServerError as err:
-                failed_at_s = time.time()
+                failed_at_s = now()
                 await _cancel(task)
                 return _cut_short(done, err, failed_at_s)
             if finished:

@@ -16,11 +16,12 @@ Model of one GPU (t = seconds since the FakeNvml was made):
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import pynvml
+
+from harness.energy.clock import now
 
 IDLE_W = 70.0
 
@@ -117,7 +118,7 @@ class FakeNvml:
 
     NVMLError = pynvml.NVMLError
 
-    def __init__(self, gpus: Sequence[FakeGpu], clock: Callable[[], float] = time.time,
+    def __init__(self, gpus: Sequence[FakeGpu], clock: Callable[[], float] = now,
                  init_error: int | None = None, driver_version: str = "560.35.03") -> None:
         self.gpus = list(gpus)
         self.clock = clock

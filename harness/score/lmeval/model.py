@@ -7,13 +7,14 @@ stays light.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 from lm_eval.models.api_models import JsonChatStr, create_image_prompt
 from lm_eval.models.openai_completions import LocalChatCompletion
+
+from harness.energy.clock import now
 
 # lm-eval's image tasks write this placeholder into the prompt text for local models that
 # splice image tokens in; over the API the image travels as its own message part instead.
@@ -24,7 +25,7 @@ IMAGE_PLACEHOLDER = "<image>"
 class ServedRequest:
     """One chat completion sent for an lm-eval document, as the server answered it.
 
-    start_s/end_s are wall-clock seconds (time.time()) just before the HTTP request is
+    start_s/end_s are harness.energy.clock.now() seconds just before the HTTP request is
     sent and just after its whole response arrived (non-streamed). Token counts are the
     server's ``usage`` (harness.replay.tokens), zero when the request failed.
     """
@@ -65,13 +66,13 @@ class RecordingChatModel(LocalChatCompletion):
         if extra and extra[0].get("visual"):
             messages = create_image_prompt(list(extra[0]["visual"])[: self.max_images], messages)
             _drop_placeholders(messages[-1])
-        start = time.time()
+        start = now()
         try:
             outputs = self.model_call([JsonChatStr(json.dumps(messages))], generate=True, gen_kwargs=gen_kwargs)
             error = None
         except (requests.RequestException, ValueError) as err:  # HTTP failure or a body that is not JSON
             outputs, error = None, f"{type(err).__name__}: {err}"
-        end = time.time()
+        end = now()
         text = self.parse_generations(outputs)[0] if outputs else ""
         self.served.append(_served(request, start, end, outputs, error))
         return text or ""
