@@ -136,7 +136,7 @@ def _trial_record(trial: Trial) -> dict[str, Any]:
         "trial": trial.index, "position": trial.position,
         "suite": suite and suite.to_dict(), "steady": trial.steady and trial.steady.to_dict(),
         "idle_w": idle_w, "active_j": active, "cache": trial.cache and trial.cache.to_dict(),
-        "steady_output_tokens": trial.steady_tokens,
+        "steady_output_tokens": trial.steady_tokens, "steady_note": trial.steady_note,
         "steady_j_per_output_token": joules_per_output_token(trial.steady and trial.steady.energy_j,
                                                              trial.steady_tokens),
         "requests": len(trial.played.records), "errors": len(trial.played.records) - len(ok),

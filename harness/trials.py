@@ -60,6 +60,7 @@ class Trial:
     cache: CacheCounters | None
     failure: BaseException | None = None
     steady_tokens: int | None = None  # output tokens generated inside the steady window (server usage)
+    steady_note: str | None = None  # why there is no steady window, when there is none
 
 
 @dataclass
@@ -226,18 +227,24 @@ def _trial(arm: Arm, k: int, position: int) -> None:
     if guarded.failure is None and before is not None:
         after = _counters(server)
         cache = after.since(before) if after is not None else None
-    steady, steady_tokens = None, None
+    steady, steady_tokens, steady_note = None, None, None
     if guarded.failure is None and played.records:
-        span = steady_span(rc.workload.mode, played, _target_in_flight(rc), steady_min_s(arm.check.platform.device))
-        steady = _steady(meter, span, steady_min_s(arm.check.platform.device)) if span else None
+        target, min_s = _target_in_flight(rc), steady_min_s(arm.check.platform.device)
+        span = steady_span(rc.workload.mode, played, target, min_s)
+        steady = _steady(meter, span, min_s) if span else None
         steady_tokens = tokens_between(played.records, *span) if span else None
+        if span is None:
+            steady_note = (f"no steady window: the arrivals never kept {target} requests in flight for {min_s:g} s"
+                           if rc.workload.mode == "poisson" else
+                           f"no steady window: the suite never filled a batch of {target} requests")
     if k == 1 and played.records:
         arm.per_request_j = per_request_energy_j(meter, played.records)  # a breakdown, never a ratio's basis
     if suite is not None and cache is not None:
         first = live["first_cache"] = live["first_cache"] or cache
         if k > 1 and warmer_than_first(cache, first):
             suite = dataclasses.replace(suite, flags=(*suite.flags, FLAG_WARM_CACHE))
-    arm.trials.append(Trial(k, position, played, suite, steady, live["idle"], cache, guarded.failure, steady_tokens))
+    arm.trials.append(Trial(k, position, played, suite, steady, live["idle"], cache, guarded.failure, steady_tokens,
+                            steady_note))
 
 
 def _after_trials(arm: Arm) -> None:

@@ -69,3 +69,15 @@ def test_an_infinite_ratio_survives_result_json_and_the_summary(tmp_path):
     write_result(tmp_path, make_result(gate=verdict))
     text = render(load_result(tmp_path))
     assert "Gate: PASS" in text and "quality ratio - [" in text  # +inf is null in JSON, shown as "-"
+
+
+def test_summary_says_trials_spread_and_why_there_is_no_steady_window():
+    trials = [{"trial": k, "suite": {"energy_j": j}, "steady_j_per_output_token": None,
+               "steady_note": "no steady window: the arrivals never kept 4 requests in flight for 30 s"}
+              for k, j in ((1, 100.0), (2, 110.0))]
+    energy = {"source": "measured", "windows": [], "trials": trials, "suite_j_mean": 105.0, "suite_j_sd": 7.07}
+    text = render(make_result(energy=energy)).replace("\n", " ")
+    assert "Trials: 2, mean suite energy 105.0 J (measured), run-to-run sd 6.7%" in text
+    assert "never kept 4 requests in flight for 30 s" in text
+    steady = [{**t, "steady_j_per_output_token": 0.5, "steady_note": None} for t in trials]
+    assert "steady state 0.5 J per output token" in render(make_result(energy={**energy, "trials": steady}))

@@ -69,7 +69,11 @@ def _trials_line(energy: Mapping[str, Any]) -> str | None:
     sd, mean = energy.get("suite_j_sd"), energy.get("suite_j_mean")
     spread = f", run-to-run sd {sd / mean:.1%}" if sd is not None and mean else ""
     partial = " (partial: a resumed run, never compared or ranked)" if energy.get("partial") else ""
-    return (f"Trials: {len(trials)}, mean suite energy {_num(mean)} J ({energy.get('source')}){spread}{partial}")
+    per_token = [t["steady_j_per_output_token"] for t in trials if t.get("steady_j_per_output_token")]
+    steady = (f"; steady state {sum(per_token) / len(per_token):.3g} J per output token" if per_token
+              else next((f"; {t['steady_note']}" for t in trials if t.get("steady_note")), ""))
+    return (f"Trials: {len(trials)}, mean suite energy {_num(mean)} J ({energy.get('source')}){spread}{partial}"
+            f"{steady}")
 
 
 def _energy_line(energy: Mapping[str, Any]) -> str:
