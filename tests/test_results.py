@@ -160,10 +160,10 @@ def test_flat_row_has_headline_numbers_with_units_in_names():
     assert row["steady_energy_j"] is None  # no steady window in this run
     assert row["energy_source"] == "measured"
     assert row["quality_overall"] == 0.9
-    gate_dict = make_result().gate
-    assert row["gate_verdict"] == gate_dict["verdict"]
+    gate = make_result().gate
+    assert row["gate_verdict"] == gate.verdict
     assert row["gate_ratio"] == pytest.approx(8 / 9)
-    assert row["gate_ratio_ci_low"] == gate_dict["overall"]["ci_low"] < row["gate_ratio"]
+    assert row["gate_ratio_ci_low"] == gate.overall["ci_low"] < row["gate_ratio"]
     assert row["ttft_ms_p99"] == 45.0 and row["output_tok_per_s"] == 120.5
     assert row["git_sha"] == "abc123"
     json.dumps(row, allow_nan=False)

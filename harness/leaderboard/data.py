@@ -53,7 +53,7 @@ def setup_key(result) -> str:
     """A canonical string of everything that must match for two runs to be compared."""
     setup = {k: result.config.get(k) for k in SETUP_SECTIONS}
     setup["hardware"] = hardware_of(result.provenance)
-    setup["energy_source"] = result.energy.get("source")
+    setup["energy_source"] = result.energy.source
     return json.dumps(setup, sort_keys=True, default=str)
 
 
@@ -74,31 +74,20 @@ def _requests(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _window(result, name: str) -> Mapping[str, Any]:
-    return next((w for w in result.energy.get("windows", []) if w.get("name") == name), {})
-
-
-def _ratio(gate: Mapping[str, Any] | None, *path: str) -> Mapping[str, Any]:
-    node: Any = gate or {}
-    for key in path:
-        node = (node or {}).get(key)
-    return node or {}
-
-
 def run_row(result, run_dir: Path) -> dict[str, Any]:
     """The leaderboard's figures for one successful run.
 
-    Per-request energies: J/request = suite window energy / requests sent; J/output token
-    = suite window energy / output tokens of successful requests. Idle power = idle window
-    energy / its duration (model loaded, no request). p95s come from requests.jsonl.
+    Suite energy = the mean suite-window energy over the run's complete trials (trial 1's
+    window for a run without trials). J/request = suite energy / requests sent; J/output token
+    = suite energy / output tokens of successful requests. Idle power = idle window energy / its
+    duration (model loaded, no request). p95s come from requests.jsonl.
     """
-    suite, idle = _window(result, "suite"), _window(result, "idle")
-    counts, gate = result.counts, result.gate
+    energy, quality, gate = result.energy, result.quality, result.gate
+    suite, idle = energy.window("suite"), energy.window("idle")
+    counts = result.counts
     reqs = _requests(run_dir)
     ok = [r for r in reqs if r.get("error") is None]
-    trials = [t["suite"] for t in result.energy.get("trials") or [] if t.get("suite")]
-    trial_j = [w["energy_j"] for w in trials if w.get("name") == "suite"] or [suite.get("energy_j")]
-    flags = sorted({f for w in [*trials, suite] for f in w.get("flags", ())})
+    trial_j = energy.trial_suite_j() or [suite.get("energy_j")]
     energy_j = sum(trial_j) / len(trial_j) if None not in trial_j else None
     tokens = counts.output_tokens if counts else None
     task_of = {r["id"]: r["task"] for r in reqs}
@@ -106,28 +95,26 @@ def run_row(result, run_dir: Path) -> dict[str, Any]:
         "run_id": result.run_id, "variant": result.variant, "started_at": result.started_at,
         "model": (result.config.get("model") or {}).get("name"), "hardware": hardware_of(result.provenance),
         "workload": (result.config.get("workload") or {}).get("name"), "setup": setup_key(result),
-        "energy_source": result.energy.get("source"), "suite_energy_j": energy_j, "trial_suite_j": trial_j,
-        "energy_flags": ", ".join(flags) or None,
+        "energy_source": energy.source, "suite_energy_j": energy_j, "trial_suite_j": trial_j,
+        "energy_flags": ", ".join(energy.flags()) or None,
         "suite_duration_s": suite.get("duration_s"),
         "idle_power_w": idle["energy_j"] / idle["duration_s"] if idle.get("duration_s") else None,
         "requests": counts.requests if counts else len(reqs), "output_tokens": tokens,
         "output_tok_per_s": result.throughput.output_tok_per_s if result.throughput else None,
-        "quality_overall": result.quality.get("overall"),
+        "quality_overall": quality.overall if quality else None,
         "gate_threshold": (result.config.get("quality") or {}).get("threshold"),
         "is_baseline": result.variant == (result.config.get("quality") or {}).get("baseline_variant"),
-        "gate_verdict": (gate or {}).get("verdict"), "gate_point_pass": (gate or {}).get("point_pass"),
-        "baseline_run_id": (gate or {}).get("baseline_run_id"),
+        "gate_verdict": gate.verdict if gate else None, "gate_point_pass": gate.point_pass if gate else None,
+        "baseline_run_id": gate.baseline_run_id if gate else None,
         "ttft_ms_list": [r["ttft_ms"] for r in ok if r.get("ttft_ms") is not None],
         "latency_ms_list": [r["latency_ms"] for r in ok if r.get("latency_ms") is not None],
-        "per_request_j": dict(result.energy.get("per_request_j") or {}), "task_of": task_of,
+        "per_request_j": dict(energy.per_request_j), "task_of": task_of,
     }
-    energy_cmp = _ratio(gate, "energy")
-    energy_ratio = {"point": energy_cmp.get("ratio"), "ci_low": energy_cmp.get("ci_low"),
-                    "ci_high": energy_cmp.get("ci_high")}
-    for prefix, ratio in (("quality_ratio", _ratio(gate, "overall")), ("energy_ratio", energy_ratio)):
+    ratios = (("quality_ratio", gate.overall if gate else {}), ("energy_ratio", gate.energy_ratio() if gate else {}))
+    for prefix, ratio in ratios:
         row.update({prefix: ratio.get("point"), f"{prefix}_ci_low": ratio.get("ci_low"),
                     f"{prefix}_ci_high": ratio.get("ci_high")})
-    for task, value in (result.quality.get("per_task") or {}).items():
+    for task, value in (quality.per_task if quality else {}).items():
         row[f"quality_{task}"] = value
     return row
 

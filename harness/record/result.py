@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConfigError
 from harness.record.atomic import json_line, write_json_atomic, write_jsonl_atomic, write_text_atomic, write_yaml_atomic
+from harness.record.parts import EnergyPart, GatePart, QualityPart, ServePart
 from harness.record.redact import redact_config
 from harness.replay.stats import Counts, Latency, Percentiles, Throughput
 from harness.replay.tokens import joules_per_output_token
@@ -146,9 +147,10 @@ def read_rows(path: Path | str) -> list[dict[str, Any]]:
 class RunResult:
     """Everything one run produced; written as result.json in its run directory.
 
-    `energy` is {"source": "measured"|"modeled", "windows": [Window as dict, ...]};
-    `quality` is QualityReport.to_dict(); `gate` is Gate.to_dict() or None when no
-    baseline was available; `serve` holds the server's effective settings.
+    ``serve``, ``energy``, ``quality`` and ``gate`` are the typed parts of harness.record.parts;
+    given as mappings (as read from result.json, or built by hand in a test) they are converted
+    on construction. ``quality`` is None when nothing was scored, ``gate`` when there was no
+    gate (the baseline itself, or no comparable baseline).
     """
 
     run_id: str
@@ -158,13 +160,13 @@ class RunResult:
     ended_at: str
     config: Mapping[str, Any]
     provenance: Mapping[str, Any]
-    serve: Mapping[str, Any]
-    energy: Mapping[str, Any]
-    quality: Mapping[str, Any]
+    serve: ServePart
+    energy: EnergyPart
+    quality: QualityPart | None
     latency: Latency | None
     throughput: Throughput | None
     counts: Counts | None
-    gate: Mapping[str, Any] | None = None
+    gate: GatePart | None = None
     error: str | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -173,9 +175,19 @@ class RunResult:
             raise ValueError(f"RunResult.status must be one of {STATUSES}, got {self.status!r}")
         if self.status in ("failed", "offline") and not self.error:
             raise ValueError(f"a {self.status} RunResult needs `error` saying why it was not measured")
+        for name, part in (("serve", ServePart), ("energy", EnergyPart), ("quality", QualityPart), ("gate", GatePart)):
+            value = getattr(self, name)
+            if value is None or isinstance(value, Mapping):
+                object.__setattr__(self, name, part.from_dict(value))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """result.json's content: every part as a plain object (an unscored quality as {})."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("latency", "throughput", "counts", "serve", "energy", "gate"):
+            value = data[name]
+            data[name] = None if value is None else (value.to_dict() if hasattr(value, "to_dict") else asdict(value))
+        data["quality"] = self.quality.to_dict() if self.quality is not None else {}
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunResult:
@@ -249,19 +261,15 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _window(result: RunResult, name: str) -> Mapping[str, Any]:
-    for window in result.energy.get("windows", []):
-        if window.get("name") == name:
-            return window
-    return {}
-
-
 def flat_row(result: RunResult) -> dict[str, Any]:
     """The headline numbers of a run as one flat dict (units in the keys) for runs.jsonl."""
-    suite, idle, steady = (_window(result, name) for name in ("suite", "idle", "steady"))
-    gate = result.gate or {}
-    overall = gate.get("overall", {})
+    energy, quality = result.energy, result.quality
+    suite, idle, steady = (energy.window(name) for name in ("suite", "idle", "steady"))
+    gate = result.gate
+    overall = gate.overall if gate else {}
+    compared = (gate.energy if gate else None) or {}
     latency, throughput, counts = result.latency, result.throughput, result.counts
+    trial_j = energy.trial_suite_j()
     row = {
         "schema_version": result.schema_version,
         "run_id": result.run_id,
@@ -271,28 +279,29 @@ def flat_row(result: RunResult) -> dict[str, Any]:
         "ended_at": result.ended_at,
         "git_sha": result.provenance.get("git", {}).get("sha"),
         "git_dirty": result.provenance.get("git", {}).get("dirty"),
-        "energy_source": result.energy.get("source"),
-        "energy_partial": bool(result.energy.get("partial")),
-        "trials": len(result.energy.get("trials") or []),
-        # mean suite-window energy over the run's complete trials (trial 1's window when older)
-        "suite_energy_j": result.energy.get("suite_j_mean", suite.get("energy_j")),
-        "suite_energy_j_sd": result.energy.get("suite_j_sd"),
+        "energy_source": energy.source,
+        "energy_partial": energy.partial,
+        "trials": len(energy.trials),
+        # mean suite-window energy over the run's complete trials (trial 1's window for a run without trials)
+        "suite_energy_j": energy.suite_j_mean if trial_j else suite.get("energy_j"),
+        "suite_energy_j_sd": energy.suite_j_sd,
         "suite_duration_s": suite.get("duration_s"),
         "idle_energy_j": idle.get("energy_j"),
         "idle_duration_s": idle.get("duration_s"),
         "steady_energy_j": steady.get("energy_j"),
         "steady_duration_s": steady.get("duration_s"),
-        "quality_metric": result.quality.get("metric"),
-        "quality_overall": result.quality.get("overall"),
-        "quality_overall_micro": result.quality.get("overall_micro"),
-        "gate_verdict": gate.get("verdict"),
+        "energy_flags": ", ".join(energy.flags()) or None,
+        "quality_metric": quality.metric if quality else None,
+        "quality_overall": quality.overall if quality else None,
+        "quality_overall_micro": quality.overall_micro if quality else None,
+        "gate_verdict": gate.verdict if gate else None,
         "gate_ratio": overall.get("point"),
         "gate_ratio_ci_low": overall.get("ci_low"),
         "gate_ratio_ci_high": overall.get("ci_high"),
-        "energy_ratio": (gate.get("energy") or {}).get("ratio"),
-        "energy_ratio_ci_low": (gate.get("energy") or {}).get("ci_low"),
-        "energy_ratio_ci_high": (gate.get("energy") or {}).get("ci_high"),
-        "energy_gap": (gate.get("energy") or {}).get("gap"),
+        "energy_ratio": compared.get("ratio"),
+        "energy_ratio_ci_low": compared.get("ci_low"),
+        "energy_ratio_ci_high": compared.get("ci_high"),
+        "energy_gap": compared.get("gap"),
         "ttft_ms_p50": latency.ttft_ms.p50 if latency else None,
         "ttft_ms_p90": latency.ttft_ms.p90 if latency else None,
         "ttft_ms_p99": latency.ttft_ms.p99 if latency else None,

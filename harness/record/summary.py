@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.record.parts import EnergyPart, GatePart, QualityPart, ServePart
 from harness.record.result import RunResult
 
 
@@ -25,12 +26,12 @@ def _chance(task: str) -> float | None:
     return None if family is None else family.chance
 
 
-def energy_table(energy: Mapping[str, Any]) -> Table:
+def energy_table(energy: EnergyPart) -> Table:
     """One row per window; every figure sits next to its source (measured or modeled)."""
-    table = Table(title=f"Energy (source: {energy.get('source', 'unknown')})")
+    table = Table(title=f"Energy (source: {energy.source or 'unknown'})")
     for column in ("window", "duration_s", "energy_j", "avg_power_w", "source"):
         table.add_column(column, justify="left" if column in ("window", "source") else "right")
-    for window in energy.get("windows", []):
+    for window in energy.windows:
         source = window.get("source", "unknown")
         flags = ", ".join(window.get("flags", ()))
         table.add_row(
@@ -43,15 +44,15 @@ def energy_table(energy: Mapping[str, Any]) -> Table:
     return table
 
 
-def quality_table(quality: Mapping[str, Any]) -> Table:
+def quality_table(quality: QualityPart) -> Table:
     """Accuracy per task family beside its chance level, then the macro and micro means."""
-    table = Table(title=f"Quality (metric: {quality.get('metric', '?')})")
+    table = Table(title=f"Quality (metric: {quality.metric})")
     for column in ("task", "accuracy", "chance"):
         table.add_column(column, justify="left" if column == "task" else "right")
-    for task, accuracy in quality.get("per_task", {}).items():
+    for task, accuracy in quality.per_task.items():
         table.add_row(task, _num(accuracy, ".3f"), _num(_chance(task), ".3f"))
-    table.add_row("overall (macro)", _num(quality.get("overall"), ".3f"), "")
-    table.add_row("overall (micro)", _num(quality.get("overall_micro"), ".3f"), "")
+    table.add_row("overall (macro)", _num(quality.overall, ".3f"), "")
+    table.add_row("overall (micro)", _num(quality.overall_micro, ".3f"), "")
     return table
 
 
@@ -61,53 +62,47 @@ def _ratio_text(ratio: Mapping[str, Any]) -> str:
     return f"{point} [{low}, {high}] ({confidence:.0f}% CI)"
 
 
-def _trials_line(energy: Mapping[str, Any]) -> str | None:
+def _trials_line(energy: EnergyPart) -> str | None:
     """How many trials were measured and the suite energy's spread over them."""
-    trials = energy.get("trials") or []
+    trials = energy.trials
     if not trials:
         return None
-    sd, mean = energy.get("suite_j_sd"), energy.get("suite_j_mean")
+    sd, mean = energy.suite_j_sd, energy.suite_j_mean
     spread = f", run-to-run sd {sd / mean:.1%}" if sd is not None and mean else ""
-    partial = " (partial: a resumed run, never compared or ranked)" if energy.get("partial") else ""
+    partial = " (partial: a resumed run, never compared or ranked)" if energy.partial else ""
     per_token = [t["steady_j_per_output_token"] for t in trials if t.get("steady_j_per_output_token")]
     steady = (f"; steady state {sum(per_token) / len(per_token):.3g} J per output token" if per_token
               else next((f"; {t['steady_note']}" for t in trials if t.get("steady_note")), ""))
-    return (f"Trials: {len(trials)}, mean suite energy {_num(mean)} J ({energy.get('source')}){spread}{partial}"
+    return (f"Trials: {len(trials)}, mean suite energy {_num(mean)} J ({energy.source}){spread}{partial}"
             f"{steady}")
 
 
 def _energy_line(energy: Mapping[str, Any]) -> str:
-    """The energy comparison in words: ratio, what its interval covers, verdict."""
-    from harness.score.energy import EnergyComparison
-
-    fields = {k: energy[k] for k in EnergyComparison.__dataclass_fields__}
-    comparison = EnergyComparison(**{**fields, "variant_j": tuple(fields["variant_j"]),
-                                     "baseline_j": tuple(fields["baseline_j"])})
-    return (f"  {comparison.describe()}; suite energy {comparison.variant_mean_j:.1f} J vs baseline "
-            f"{comparison.baseline_mean_j:.1f} J (mean over trials)")
+    """The energy comparison in words (its own description: ratio, what the interval covers, verdict)."""
+    return (f"  {energy['describe']}; suite energy {energy['variant_mean_j']:.1f} J vs baseline "
+            f"{energy['baseline_mean_j']:.1f} J (mean over trials)")
 
 
-def _gate_lines(gate: Mapping[str, Any] | None) -> list[str]:
+def _gate_lines(gate: GatePart | None) -> list[str]:
     if gate is None:
         return ["Gate: not run (no comparable baseline for this suite and sampling)"]
-    if gate.get("error"):
-        return [escape(f"Gate: could not be computed ({gate['error']})")]
+    if gate.error:
+        return [escape(f"Gate: could not be computed ({gate.error})")]
     lines = [
-        f"Gate: [bold]{gate['verdict'].upper()}[/bold] (rule {gate['rule']}, threshold {gate['threshold']:.2f}, "
-        f"point estimate {'meets' if gate['point_pass'] else 'misses'} it)",
-        f"  quality ratio {_ratio_text(gate['overall'])}",
+        f"Gate: [bold]{gate.verdict.upper()}[/bold] (rule {gate.rule}, threshold {gate.threshold:.2f}, "
+        f"point estimate {'meets' if gate.point_pass else 'misses'} it)",
+        f"  quality ratio {_ratio_text(gate.overall)}",
     ]
-    if gate["rule"] == "every_task":
-        lines += [f"  {task}: {_ratio_text(ratio)}" for task, ratio in gate["per_task"].items()]
-    energy = gate.get("energy")
-    if energy is not None:
-        lines.append(escape(_energy_line(energy)))
-    lines += [escape(f"  note: {note}") for note in gate.get("notes", ())]
+    if gate.rule == "every_task":
+        lines += [f"  {task}: {_ratio_text(ratio)}" for task, ratio in gate.per_task.items()]
+    if gate.energy is not None:
+        lines.append(escape(_energy_line(gate.energy)))
+    lines += [escape(f"  note: {note}") for note in gate.notes]
     return lines
 
 
-def _quality_zero_line(quality: Mapping[str, Any]) -> str | None:
-    counts = quality.get("counts", {})
+def _quality_zero_line(quality: QualityPart) -> str | None:
+    counts = quality.counts
     zeros = {name: counts.get(name, 0) for name in ("empty", "truncated", "error", "missing")}
     if not any(zeros.values()):
         return None
@@ -134,10 +129,10 @@ def _speed_lines(result: RunResult) -> list[str]:
     return lines
 
 
-def _fallback_lines(serve: Mapping[str, Any]) -> list[str]:
+def _fallback_lines(serve: ServePart) -> list[str]:
     return [
         escape(f"Fallback: {fb['setting']} {fb['requested']} -> {fb['effective']} ({fb['reason']})")
-        for fb in serve.get("fallbacks", [])
+        for fb in serve.fallbacks
     ]
 
 
@@ -153,9 +148,9 @@ def print_summary(result: RunResult, run_dir: Path | str | None = None, console:
     console.rule(f"{result.variant} — run {result.run_id} — {result.status}")
     if result.error:
         console.print(f"[red]Error:[/red] {escape(result.error)}")
-    if result.energy.get("windows"):
+    if result.energy.windows:
         console.print(energy_table(result.energy))
-    if result.quality.get("per_task"):
+    if result.quality is not None and result.quality.per_task:
         console.print(quality_table(result.quality))
         zero_line = _quality_zero_line(result.quality)
         if zero_line:

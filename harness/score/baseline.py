@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.config.schema import RunConfig
+from harness.record.parts import EnergyPart
 from harness.record.result import RunResult, runs_newest_first, same_setup
 
 
@@ -31,9 +32,9 @@ def incomparable(ours: Mapping[str, Any], theirs: RunResult) -> str | None:
         return f"measured on other hardware ({other} vs {mine})"
     energy, their_energy = ours["energy"], theirs.energy
     for key, what in (("source", "energy source"), ("meter", "meter"), ("measurement_version", "measurement code")):
-        if energy.get(key) != their_energy.get(key):
-            return f"{what} differs ({their_energy.get(key)} vs {energy.get(key)})"
-    if energy.get("partial") or their_energy.get("partial"):
+        if energy.get(key) != getattr(their_energy, key):
+            return f"{what} differs ({getattr(their_energy, key)} vs {energy.get(key)})"
+    if energy.get("partial") or their_energy.partial:
         return "a resumed run's energy is partial"
     return None
 
@@ -50,7 +51,7 @@ def find_baseline(results_dir: Path | str, baseline_variant: str, config: Mappin
     for _, result in runs_newest_first(results_dir, baseline_variant, status="ok"):
         if quality_source(result.config) != quality_source(config) or not same_setup(result.config, config):
             continue
-        if result.energy.get("partial"):
+        if result.energy.partial:
             continue
         if provenance is not None and energy is not None:
             ours = {"config": config, "provenance": provenance, "energy": {**energy, "partial": False}}
@@ -94,16 +95,18 @@ def _gate(run_cfg: RunConfig, ours: Mapping[str, Any], report, base: RunResult) 
     reason = incomparable(ours, base)
     comparison, notes = None, []
     if reason is None:
-        mine, theirs = _trial_energies(ours["energy"]), _trial_energies(base.energy)
+        mine, theirs = _trial_energies(ours["energy"]), base.energy.trial_suite_j()
         n = min(len(mine), len(theirs))
         if n:
             comparison = compare_trials(mine[:n], theirs[:n], variant_source=ours["energy"]["source"],
-                                        baseline_source=base.energy["source"], confidence=q.confidence)
+                                        baseline_source=base.energy.source, confidence=q.confidence)
         else:
             notes.append("no complete trial on one side: energy not compared")
     else:
         notes.append(f"energy not compared: {reason}")
-    result = gate(report, QualityReport.from_dict(base.quality), q.rule, q.threshold,
+    if base.quality is None:
+        raise ValueError(f"baseline run {base.run_id} has no quality scores to gate against")
+    result = gate(report, QualityReport.from_dict(base.quality.to_dict()), q.rule, q.threshold,
                   confidence=q.confidence, n_boot=q.bootstrap_n, seed=q.seed, energy=comparison)
     data = result.to_dict()
     data["notes"] = [*data["notes"], *notes]
@@ -111,9 +114,8 @@ def _gate(run_cfg: RunConfig, ours: Mapping[str, Any], report, base: RunResult) 
 
 
 def _trial_energies(energy: Mapping[str, Any]) -> list[float]:
-    """Suite-window energy of each complete trial, in trial order."""
-    return [t["suite"]["energy_j"] for t in energy.get("trials") or []
-            if t.get("suite") and t["suite"].get("name") == "suite"]
+    """Suite-window energy of each complete trial, in trial order (this run's energy, not yet a part)."""
+    return EnergyPart.from_dict(energy).trial_suite_j()
 
 
 def baseline_overrides(overrides: list[str]) -> list[str]:

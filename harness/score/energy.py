@@ -74,7 +74,8 @@ class EnergyComparison:
         return f"{head}, {interval}: {verdict}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "variant_mean_j": self.variant_mean_j, "baseline_mean_j": self.baseline_mean_j}
+        return {**asdict(self), "variant_mean_j": self.variant_mean_j, "baseline_mean_j": self.baseline_mean_j,
+                "describe": self.describe()}
 
 
 def t_quantile(p: float, df: int) -> float:

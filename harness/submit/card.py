@@ -71,7 +71,7 @@ def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline
     """
     cfg = result.config
     model, workload, sampling = cfg.get("model", {}), cfg.get("workload", {}), cfg.get("sampling", {})
-    gate = result.gate or {}
+    gate = result.gate
     repro = " ".join(overrides)
     lines = [
         f"# {result.variant}: {model.get('name')} for energy-efficient serving", "",
@@ -86,8 +86,8 @@ def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline
         f"Suite: {workload.get('name')} {workload.get('split')} split, {variant_row['requests']} requests "
         f"({workload.get('mode')}), sampling temperature {sampling.get('temperature')}, top_p {sampling.get('top_p')}, "
         f"top_k {sampling.get('top_k')}, max_tokens {sampling.get('max_tokens')}.",
-        f"Run `{result.run_id}`" + (f", baseline run `{gate['baseline_run_id']}`." if gate else " (no baseline run)."),
-        f"Trials: {len(result.energy.get('trials') or [])} (suite energy is their mean). Energy integrity flags: "
+        f"Run `{result.run_id}`" + (f", baseline run `{gate.baseline_run_id}`." if gate else " (no baseline run)."),
+        f"Trials: {len(result.energy.trials)} (suite energy is their mean). Energy integrity flags: "
         f"{variant_row.get('energy_flags') or 'none'}.", "",
         *results_table(variant_row, baseline_row), "",
     ]
@@ -95,9 +95,9 @@ def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline
         lines += [
             f"Quality ratio to the baseline: {_ratio(variant_row, 'quality_ratio')} (95% CI); "
             f"energy ratio over paired trials: {_ratio(variant_row, 'energy_ratio')}"
-            + (" (one trial: no gap claimed)." if (gate.get("energy") or {}).get("gap") == "not_measured" else "."),
-            f"Gate (>= {gate.get('threshold')} of baseline quality, rule {gate.get('rule')}): {gate.get('verdict')} "
-            f"on the interval, {'passes' if gate.get('point_pass') else 'fails'} on the point estimate.", "",
+            + (" (one trial: no gap claimed)." if (gate.energy or {}).get("gap") == "not_measured" else "."),
+            f"Gate (>= {gate.threshold} of baseline quality, rule {gate.rule}): {gate.verdict} "
+            f"on the interval, {'passes' if gate.point_pass else 'fails'} on the point estimate.", "",
         ]
     lines += [
         "## How to reproduce", "", "```bash",

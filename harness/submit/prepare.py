@@ -104,7 +104,7 @@ def make_submission(overrides: list[str], out: Path | None = None):
 
     run_cfg = compose(overrides)
     result, run_dir = newest_ok_run(run_cfg, config_dict(run_cfg))
-    model_dir = Path(result.serve["model_dir"])
+    model_dir = Path(str(result.serve.model_dir))
     out = out or Path(run_cfg.results_dir) / "submissions" / result.run_id
     if out.exists() and any(out.iterdir()):
         raise SubmitError(f"{out} exists and is not empty: remove it or pass --out to a new folder")
@@ -114,7 +114,7 @@ def make_submission(overrides: list[str], out: Path | None = None):
     out.mkdir(parents=True, exist_ok=True)
     copy_checkpoint(model_dir, out)
     write_serve_config(run_dir, model_dir, out)
-    baseline_id = (result.gate or {}).get("baseline_run_id")
+    baseline_id = result.gate.baseline_run_id if result.gate else None
     base_dir = Path(run_cfg.results_dir) / "runs" / str(baseline_id)
     baseline_row = run_row(load_result(base_dir), base_dir) if baseline_id and base_dir.is_dir() else None
     card = model_card(folder=out, result=result, variant_row=run_row(result, run_dir), baseline_row=baseline_row,
