@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import statistics
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,6 +14,7 @@ from harness.energy import MEASUREMENT_VERSION
 from harness.preflight import check_session, preflight
 from harness.record import provenance
 from harness.record.atomic import write_jsonl_atomic
+from harness.record.parts import EnergyPart
 from harness.record.redact import redact_serve
 from harness.record.result import RunResult, append_row, config_dict, flat_row, jsonable, new_run_dir, write_result
 from harness.record.resume import find_resume, in_sample_order
@@ -117,13 +118,13 @@ def energy_record(arm: Arm) -> dict[str, Any]:
     windows = [w for w in (first and first.idle, first and first.suite, first and first.steady,
                            arm.lm_eval and arm.lm_eval.window) if w is not None]
     trials = [_trial_record(t) for t in arm.trials]
-    complete = [t["suite"]["energy_j"] for t in trials if t["suite"] and t["suite"]["name"] == "suite"]
+    complete = EnergyPart(trials=tuple(trials)).trial_suite_j()
     return {
         "source": arm.source, "meter": arm.meter_kind, "measurement_version": MEASUREMENT_VERSION,
-        "partial": bool(arm.reused) or (arm.trials and not complete), "windows": [w.to_dict() for w in windows],
-        "trials": trials, "suite_j_mean": sum(complete) / len(complete) if complete else None,
-        "suite_j_sd": _sd(complete), "per_request_j": arm.per_request_j, "gpu": arm.gpu,
-        "cache_config": arm.cache_config,
+        "partial": bool(arm.reused or (arm.trials and not complete)), "windows": [w.to_dict() for w in windows],
+        "trials": trials, "suite_j_mean": statistics.fmean(complete) if complete else None,
+        "suite_j_sd": statistics.stdev(complete) if len(complete) > 1 else None,
+        "per_request_j": arm.per_request_j, "gpu": arm.gpu, "cache_config": arm.cache_config,
     }
 
 
@@ -142,13 +143,6 @@ def _trial_record(trial: Trial) -> dict[str, Any]:
         "requests": len(trial.played.records), "errors": len(trial.played.records) - len(ok),
         "output_tokens": sum(r.output_tokens for r in ok),
     }
-
-
-def _sd(values: list[float]) -> float | None:
-    if len(values) < 2:
-        return None
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def _record(arm: Arm, error: str | None, baseline: RunResult | None) -> RunResult:

@@ -162,17 +162,13 @@ def _suite_energy_ci(runs) -> tuple[float | None, float | None, str]:
     Trials, not requests, are what vary between measurements of the whole suite; with fewer
     than 2 trials there is no interval (basis "none").
     """
-    import math
-
-    from harness.score.energy import t_quantile
+    from harness.score.energy import mean_interval
 
     values = [float(j) for trials in runs["trial_suite_j"] for j in trials if j is not None]
     if len(values) < 2:
         return None, None, "none"
-    n, mean = len(values), sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = t_quantile(0.5 + CI_CONFIDENCE / 2, n - 1) * sd / math.sqrt(n)
-    return mean - half, mean + half, "trials"
+    _, low, high = mean_interval(values, CI_CONFIDENCE)
+    return low, high, "trials"
 
 
 def _percentile(lists, q: float) -> float | None:

@@ -30,11 +30,11 @@ def incomparable(ours: Mapping[str, Any], theirs: RunResult) -> str | None:
     mine, other = hardware(ours["provenance"]), hardware(theirs.provenance)
     if mine != other:
         return f"measured on other hardware ({other} vs {mine})"
-    energy, their_energy = ours["energy"], theirs.energy
+    energy, their_energy = EnergyPart.from_dict(ours["energy"]), theirs.energy
     for key, what in (("source", "energy source"), ("meter", "meter"), ("measurement_version", "measurement code")):
-        if energy.get(key) != getattr(their_energy, key):
-            return f"{what} differs ({getattr(their_energy, key)} vs {energy.get(key)})"
-    if energy.get("partial") or their_energy.partial:
+        if getattr(energy, key) != getattr(their_energy, key):
+            return f"{what} differs ({getattr(their_energy, key)} vs {getattr(energy, key)})"
+    if energy.partial or their_energy.partial:
         return "a resumed run's energy is partial"
     return None
 
@@ -95,7 +95,7 @@ def _gate(run_cfg: RunConfig, ours: Mapping[str, Any], report, base: RunResult) 
     reason = incomparable(ours, base)
     comparison, notes = None, []
     if reason is None:
-        mine, theirs = _trial_energies(ours["energy"]), base.energy.trial_suite_j()
+        mine, theirs = EnergyPart.from_dict(ours["energy"]).trial_suite_j(), base.energy.trial_suite_j()
         n = min(len(mine), len(theirs))
         if n:
             comparison = compare_trials(mine[:n], theirs[:n], variant_source=ours["energy"]["source"],
@@ -112,10 +112,6 @@ def _gate(run_cfg: RunConfig, ours: Mapping[str, Any], report, base: RunResult) 
     data["notes"] = [*data["notes"], *notes]
     return {**data, "baseline_run_id": base.run_id}
 
-
-def _trial_energies(energy: Mapping[str, Any]) -> list[float]:
-    """Suite-window energy of each complete trial, in trial order (this run's energy, not yet a part)."""
-    return EnergyPart.from_dict(energy).trial_suite_j()
 
 
 def baseline_overrides(overrides: list[str]) -> list[str]:

@@ -85,6 +85,20 @@ def t_quantile(p: float, df: int) -> float:
     return float(stats.t.ppf(p, df))
 
 
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+    """(mean, low, high): the Student-t ``confidence`` interval of the mean of ``values``.
+
+    low and high are None with fewer than 2 values (no spread was measured).
+    """
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None, None
+    sd = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1))
+    half = t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
 def compare_trials(
     variant_j: Sequence[float],
     baseline_j: Sequence[float],
@@ -109,15 +123,12 @@ def compare_trials(
         raise ValueError("trial energies must be positive, finite joules; a zero suite energy means the meter "
                          "did not count (see the window's flags)")
     logs = [math.log(v / b) for v, b in zip(variant_j, baseline_j, strict=True)]
-    n = len(logs)
-    mean = sum(logs) / n
+    mean, log_low, log_high = mean_interval(logs, confidence)
     source = "measured" if variant_source == baseline_source == "measured" else "modeled"
     common = dict(variant_j=tuple(map(float, variant_j)), baseline_j=tuple(map(float, baseline_j)),
-                  ratio=math.exp(mean), confidence=confidence, trials=n, source=source)
-    if n < 2:
+                  ratio=math.exp(mean), confidence=confidence, trials=len(logs), source=source)
+    if log_low is None or log_high is None:
         return EnergyComparison(ci_low=None, ci_high=None, gap="not_measured", **common)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
-    half = t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    low, high = math.exp(mean - half), math.exp(mean + half)
+    low, high = math.exp(log_low), math.exp(log_high)
     gap = "lower" if high < 1.0 else "higher" if low > 1.0 else "not_resolved"
     return EnergyComparison(ci_low=low, ci_high=high, gap=gap, **common)
