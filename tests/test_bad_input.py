@@ -51,7 +51,7 @@ BAD_CONFIGS = [
     (["sampling.top_k=-7"], ["sampling.top_k", "positive"]),
     (["sampling.max_tokens=0"], ["sampling.max_tokens", "> 0"]),
     (["serve.max_model_len=100"], ["serve.max_model_len", "raise serve.max_model_len to >= 128"]),
-    (["serve.max_model_len=400", "serve.max_soft_tokens=560"], ["serve.max_model_len", ">= 624"]),
+    (["serve.max_model_len=400", "serve.max_soft_tokens=560", "model=gemma4_e4b"], ["serve.max_model_len", ">= 624"]),
     (["serve.port=70000"], ["serve.port", "65535"]),
     (["serve.max_num_seqs=0"], ["serve.max_num_seqs", ">= 1"]),
     (["serve.gpu_memory_utilization=1.5"], ["serve.gpu_memory_utilization", "(0, 1]"]),

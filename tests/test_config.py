@@ -45,8 +45,18 @@ def test_serve_only_variant_keeps_base_weights() -> None:
     assert seqs4.serve.max_num_seqs == 4 != base.serve.max_num_seqs
 
 
-def test_w4a16_rtn_raises_image_budget() -> None:
-    assert compose(["+variant=w4a16_rtn"]).serve.max_soft_tokens == 560
+def test_int4_variant_keeps_the_budget_and_seed_003s_recipe_raises_it() -> None:
+    assert compose(["+variant=w4a16_rtn"]).serve.max_soft_tokens is None
+    assert compose(["+variant=w4a16_rtn_b560", "model=gemma4_e4b"]).serve.max_soft_tokens == 560
+
+
+def test_tiny_model_refuses_a_budget_it_was_not_trained_at() -> None:
+    from harness.tiny import trained_budgets
+
+    untrained = next(b for b in (70, 140, 280, 560, 1120) if b not in trained_budgets())
+    with pytest.raises(ConfigError, match=f"max_soft_tokens={untrained}: the embedded tiny model was trained at"):
+        compose([f"serve.max_soft_tokens={untrained}"])
+    compose([f"serve.max_soft_tokens={untrained}", "model=gemma4_e4b"])  # a real model takes every budget
 
 
 def test_competition_sampling_matches_judges() -> None:

@@ -105,6 +105,15 @@ def test_run_directory_holds_every_artifact_with_content(main_job):
 
 
 @pytest.mark.server
+def test_the_main_job_prints_no_line_per_request(main_job):
+    """Each arm sends the suite once per trial, yet the console shows the run, not its requests."""
+    _, proc = main_job
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert not [line for line in lines if "chat/completions" in line or "HTTP Request" in line]
+    assert len(lines) < 2 * TRIALS * SUITE  # fewer lines than requests sent, whatever else is printed
+
+
+@pytest.mark.server
 def test_variant_is_gated_against_the_baseline_run(main_job):
     work, proc = main_job
     base, variant = _runs(work / "results")

@@ -141,3 +141,75 @@ def test_poisson_arrivals_are_seeded_with_the_asked_rate() -> None:
     gaps = [b - a for a, b in zip(offsets, offsets[1:])]
     assert statistics.mean(gaps) == pytest.approx(0.25, rel=0.1)
     assert _arrival_offsets_s(3, _workload(mode="concurrent")) == [0.0, 0.0, 0.0]
+
+
+def _sse_server(pieces: list[bytes]):
+    """A real loopback HTTP endpoint that answers every request with ``pieces``, sent apart.
+
+    Each piece goes out in its own TCP send after a pause, so an event can straddle two reads
+    of the client, as it may from a busy server.
+    """
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.settimeout(5)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                head, _, body = request.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+                for piece in pieces:
+                    time.sleep(0.02)
+                    try:
+                        conn.sendall(piece)
+                    except OSError:  # the client stopped reading (after an error event): fine
+                        break
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, stop, thread
+
+
+def _chunk(content: str | None, tokens: int, finish: str | None = None) -> bytes:
+    import json
+
+    usage = {"prompt_tokens": 7, "completion_tokens": tokens, "total_tokens": 7 + tokens}
+    choices = [] if content is None else [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]
+    return b"data: " + json.dumps({"choices": choices, "usage": usage}).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("error_event", [False, True])
+def test_events_split_across_reads_and_errors_inside_a_stream(samples, error_event) -> None:
+    first, second = _chunk("re", 1), _chunk("d", 2, "stop")
+    pieces = [first[:17], first[17:] + second[:9], second[9:]]
+    pieces += [b'data: {"error": {"message": "engine died", "code": 500}}\n\n'] if error_event else []
+    pieces += [_chunk(None, 2), b"data: [DONE]\n\n"]
+    listener, stop, thread = _sse_server(pieces)
+    try:
+        target = ServerTarget(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", "key", "model")
+        [record] = replay(target, samples[:1], _workload(warmup_requests=0), _sampling(), show_progress=False).records
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert record.output_text == "red" and record.finish_reason == "stop"
+    assert [n for _, n in record.usage_ms] == [1, 2] and len(record.itl_ms) == 1
+    if error_event:
+        assert record.error == "StreamError: engine died" and record.output_tokens == 2
+    else:
+        assert record.error is None and (record.prompt_tokens, record.output_tokens) == (7, 2)

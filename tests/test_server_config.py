@@ -46,7 +46,7 @@ def test_fp8_config_round_trips_through_vllm_parser(tmp_path: Path, vllm_parser)
 
 
 def test_image_budget_reaches_mm_processor_kwargs(tmp_path: Path, vllm_parser) -> None:
-    _, path = _written(tmp_path, ["+variant=w4a16_rtn"], L4)
+    _, path = _written(tmp_path, ["+variant=w4a16_rtn_b560", "model=gemma4_e4b"], L4)
     ns = vllm_parser.parse_args(["--config", str(path)])
     assert ns.mm_processor_kwargs == {"max_soft_tokens": 560}
 

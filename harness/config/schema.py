@@ -253,6 +253,13 @@ def _check_values(run: RunConfig) -> None:
     budget = run.serve.max_soft_tokens
     if budget is not None and budget not in SOFT_TOKEN_BUDGETS:
         raise ConfigError(f"serve.max_soft_tokens={budget} is not a Gemma 4 budget; use one of {SOFT_TOKEN_BUDGETS}")
+    if budget is not None and run.model.path is None:  # the embedded tiny model
+        from harness.tiny import trained_budgets
+
+        if budget not in (trained := trained_budgets()):
+            raise ConfigError(f"serve.max_soft_tokens={budget}: the embedded tiny model was trained at budgets "
+                              f"{', '.join(map(str, trained))} only; pick one of them, or serve a real model "
+                              f"(model=gemma4_e4b) to sweep larger budgets")
     positive = {
         "trials": run.trials,
         "workload.limit": run.workload.limit,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hashlib
 import io
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -107,30 +109,41 @@ async def replay_async(
     warmup: Sequence[Any] = (),
 ) -> ReplayResult:
     """The coroutine behind :func:`replay`, for callers already inside an event loop."""
-    from openai import AsyncOpenAI  # lazy: keeps `import harness` light
+    import aiohttp  # lazy: keeps `import harness` light
 
-    client = AsyncOpenAI(base_url=target.base_url, api_key=target.api_key,
-                         timeout=workload.request_timeout_s, max_retries=0)
     extra: dict[str, Any] = {"top_k": sampling.top_k}
     if sampling.ignore_eos:
         extra["ignore_eos"] = True
     if chat_template_kwargs:
         extra["chat_template_kwargs"] = dict(chat_template_kwargs)
 
-    # Images are encoded before the clock starts: PNG + base64 is client CPU work that would
-    # otherwise compete with the server inside the measured window (2 cores here).
-    messages = [chat_messages(s) for s in samples]
+    # Every request body is built, images encoded and JSON serialised, before the clock starts:
+    # PNG + base64 + dumping a long data URL is client CPU work that would otherwise compete
+    # with the server inside the measured window (2 cores here).
+    bodies = [request_body(target.model_name, s, sampling, extra) for s in samples]
+    url = target.base_url.rstrip("/") + "/chat/completions"
+    headers = {"Authorization": f"Bearer {target.api_key}", "Content-Type": "application/json",
+               "Accept": "text/event-stream"}
+    timeout = aiohttp.ClientTimeout(total=workload.request_timeout_s)
+    # No connection cap of the connector's own: the schedule's semaphore is the only limit.
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
 
-    async def send(index: int, sample: Any) -> RequestRecord:
-        return await _send(client, target.model_name, sample, messages[index], _params(sampling, sample, extra))
+        async def send(index: int, sample: Any) -> RequestRecord:
+            return await _send(session, url, sample, bodies[index])
 
-    async with client:
-        warm = [await _send(client, target.model_name, s, chat_messages(s), _params(sampling, s, extra))
-                for s in warmup]
-        with _Progress(len(samples), show_progress) as advance:
-            start_s = now()
-            records = await _schedule(samples, workload, send, advance, on_record)
-            end_s = max([start_s, *(r.end_s for r in records)])
+        warm = [await _send(session, url, s, request_body(target.model_name, s, sampling, extra)) for s in warmup]
+        # Everything alive now (imported libraries, the suite, the bodies) is set aside from the
+        # garbage collector for the window: a full collection would otherwise walk all of it
+        # in the middle of the stream, a pause of the client the server would wait through.
+        gc.freeze()
+        try:
+            with _Progress(len(samples), show_progress) as advance:
+                start_s = now()
+                records = await _schedule(samples, workload, send, advance, on_record)
+                end_s = max([start_s, *(r.end_s for r in records)])
+        finally:
+            gc.unfreeze()
     return ReplayResult(tuple(records), tuple(warm), start_s, end_s)
 
 
@@ -148,7 +161,8 @@ async def _schedule(
     began = time.monotonic()
 
     async def one(index: int, sample: Any) -> RequestRecord:
-        await asyncio.sleep(max(0.0, delays[index] - (time.monotonic() - began)))
+        if delays[index]:
+            await asyncio.sleep(max(0.0, delays[index] - (time.monotonic() - began)))
         async with gate:
             record = await send(index, sample)
         advance()
@@ -185,14 +199,21 @@ def sample_seed(base: int, sample_id: Any) -> int:
     return (base + int.from_bytes(digest[:4], "big")) % 2**31
 
 
-def _params(sampling: SamplingConfig, sample: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "max_tokens": sampling.max_tokens,
-        "seed": sample_seed(sampling.seed, sample.id),
-        "extra_body": dict(extra),
+def request_body(model: str, sample: Any, sampling: SamplingConfig, extra: Mapping[str, Any]) -> _Body:
+    """One streamed chat completion request for ``sample``, serialised: (JSON bytes, seed sent)."""
+    seed = sample_seed(sampling.seed, sample.id)
+    body = {
+        "model": model, "messages": chat_messages(sample), "stream": True, "stream_options": STREAM_OPTIONS,
+        "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
+        "seed": seed, **extra,
     }
+    return _Body(json.dumps(body, separators=(",", ":")).encode("utf-8"), seed)
+
+
+@dataclass(frozen=True)
+class _Body:
+    data: bytes
+    seed: int | None
 
 
 def image_data_url(image: Any) -> str:
@@ -213,23 +234,69 @@ def chat_messages(sample: Any) -> list[dict[str, Any]]:
     }]
 
 
-async def _send(client: Any, model: str, sample: Any, messages: list[dict[str, Any]],
-                params: dict[str, Any]) -> RequestRecord:
-    """Streams one chat completion; any failure is caught into the record's ``error``."""
-    import httpx
-    import openai
+# What a failed request's error says, by HTTP status, in the names the OpenAI SDK gives them.
+_STATUS_ERRORS = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
+                  404: "NotFoundError", 409: "ConflictError", 422: "UnprocessableEntityError",
+                  429: "RateLimitError"}
 
-    state = _StreamState(now(), time.perf_counter(), params.get("seed"))
+
+class StreamError(Exception):
+    """The server reported an error inside an otherwise successful stream."""
+
+
+async def _send(session: Any, url: str, sample: Any, body: _Body) -> RequestRecord:
+    """Streams one chat completion; any failure is caught into the record's ``error``.
+
+    Server-sent events are parsed by hand into plain dicts: the client takes whatever bytes
+    the socket has, splits them into lines and ``json.loads`` each ``data:`` line, as vLLM's
+    own benchmark client does, so the load generator never paces the server it measures.
+    """
+    import aiohttp
+
+    state = _StreamState(now(), time.perf_counter(), body.seed)
     try:
-        stream = await client.chat.completions.create(
-            model=model, messages=messages, stream=True, stream_options=STREAM_OPTIONS, **params
-        )
-        async for chunk in stream:
-            state.take(chunk)
+        async with session.post(url, data=body.data) as response:
+            if response.status != 200:
+                raise StreamError(_http_error(response.status, await response.read()))
+            await _read_events(response.content, state)
         error = None if state.usage_seen else "stream ended without a usage chunk"
-    except (openai.OpenAIError, httpx.HTTPError, ValueError, KeyError, AttributeError, TypeError) as err:
+    except StreamError as err:
+        error = str(err)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, AttributeError, TypeError) as err:
         error = f"{type(err).__name__}: {err}"
     return state.record(sample, error)
+
+
+async def _read_events(content: Any, state: _StreamState) -> None:
+    """Feeds each ``data:`` event of an SSE body to ``state`` until ``[DONE]`` or the end.
+
+    One read returns whatever arrived (at high concurrency often several events, or part of
+    one); a partial last line waits in the buffer for the next read. Other SSE lines (blank
+    separators, ``:`` comments, ``event:`` fields) are skipped.
+    """
+    pending = b""
+    async for data in content.iter_any():
+        lines = (pending + data).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if line.startswith(b"data:"):
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    return
+                state.take(json.loads(payload))
+    if pending.startswith(b"data:") and (payload := pending[5:].strip()) != b"[DONE]":
+        state.take(json.loads(payload))  # a last event without its newline
+
+
+def _http_error(status: int, raw: bytes) -> str:
+    """One line for a non-200 answer: the error's name, the status, the server's message."""
+    name = _STATUS_ERRORS.get(status, "InternalServerError" if status >= 500 else "APIStatusError")
+    try:
+        detail = json.loads(raw)
+        message = detail.get("error", detail).get("message") or raw.decode("utf-8", "replace")
+    except (ValueError, AttributeError):
+        message = raw.decode("utf-8", "replace")
+    return f"{name}: HTTP {status}: {' '.join(str(message).split())[:500]}"
 
 
 class _StreamState:
@@ -244,18 +311,26 @@ class _StreamState:
         self.usage_seen = False
         self.usage_ms: list[tuple[float, int]] = []
 
-    def take(self, chunk: Any) -> None:
+    def take(self, chunk: dict[str, Any]) -> None:
+        """One parsed chunk (a dict straight from the event's JSON)."""
         now = time.perf_counter()
-        for choice in chunk.choices:
-            if choice.delta is not None and choice.delta.content:
-                self.text.append(choice.delta.content)
+        if "error" in chunk:
+            error = chunk["error"]
+            raise StreamError(f"StreamError: {error.get('message', error) if isinstance(error, dict) else error}")
+        choices = chunk.get("choices")
+        for choice in choices or ():
+            delta = choice.get("delta")
+            content = delta.get("content") if delta else None
+            if content:
+                self.text.append(content)
                 self.arrivals.append(now)
-            if choice.finish_reason is not None:
-                self.finish_reason = choice.finish_reason
-        if chunk.usage is not None:
-            if not chunk.choices:  # the final, usage-only chunk (include_usage): the answer is complete
+            if choice.get("finish_reason") is not None:
+                self.finish_reason = choice["finish_reason"]
+        usage = chunk.get("usage")
+        if usage is not None:
+            if not choices:  # the final, usage-only chunk (include_usage): the answer is complete
                 self.usage_seen = True
-            self.prompt_tokens, self.output_tokens = usage_tokens(chunk.usage)  # harness.replay.tokens defines them
+            self.prompt_tokens, self.output_tokens = usage_tokens(usage)  # harness.replay.tokens defines them
             if not self.usage_ms or self.output_tokens > self.usage_ms[-1][1]:
                 self.usage_ms.append((round((now - self.start) * 1e3, 3), self.output_tokens))
 
@@ -285,7 +360,9 @@ class _Progress:
             return lambda: None
         from rich.progress import Progress
 
-        self._bar = Progress(transient=False)
+        # Redrawn twice a second from rich's own thread: each redraw takes the GIL from the event
+        # loop, so a faster refresh would cost client time inside the measured window.
+        self._bar = Progress(transient=False, refresh_per_second=2)
         self._bar.start()
         task = self._bar.add_task("replay", total=self.total)
         return lambda: self._bar.advance(task)

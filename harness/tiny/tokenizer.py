@@ -1,7 +1,17 @@
-"""A small byte-level BPE tokenizer with Gemma 4's special tokens and a Gemma-style chat template."""
+"""A small Gemma-style tokenizer: byte-fallback BPE over "▁"-marked spaces, Gemma 4's special tokens, its chat turns.
+
+Gemma's own tokenizer.json is a BPE with ``byte_fallback`` (any character outside the
+vocabulary becomes its UTF-8 bytes, tokens ``<0x00>``..``<0xFF>``), a normalizer that
+turns every space into "▁", no word splitting, and a ``Sequence`` decoder (▁ back to
+space, bytes fused back to text). llama.cpp's converter reads exactly that shape
+(``gguf.LlamaHfVocab``; its Gemma 4 pre-tokenizer splits on newlines only), so the tiny
+model's vocabulary converts to GGUF like the real model's. The only departure: this
+one's merges are learned from the synthetic suite's few words.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 # Gemma 4's control tokens, by role. The ids of these (and of pad/eos/bos/unk, which come
@@ -40,27 +50,42 @@ CHAT_TEMPLATE = (
 )
 
 
+# The byte tokens byte fallback spells unknown characters with, in Gemma's spelling.
+BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
+
+
 def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512):
-    """Trains a byte-level BPE on `corpus` and wraps it as a transformers fast tokenizer.
+    """Trains a Gemma-style byte-fallback BPE on `corpus` as a transformers fast tokenizer.
+
+    Ids: the special tokens first (pad 0, eos 1, bos 2, unk 3, as in Gemma), then the 256
+    byte tokens, then the learned characters and merges.
 
     Args:
         corpus: texts the model will see (questions, answers, template words); with a small
             vocabulary every frequent word, and so every answer word, becomes one token.
-        vocab_size: target size including the special tokens.
+        vocab_size: total size: special tokens, byte tokens and learned tokens.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL.values()),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(corpus), trainer=trainer)
+    fixed = [*SPECIAL.values(), *BYTE_TOKENS]
+    if vocab_size <= len(fixed):
+        raise ValueError(f"vocab_size {vocab_size} leaves no room beyond {len(fixed)} special and byte tokens")
+    normalizer = normalizers.Replace(" ", "▁")
+    pre_tokenizer = pre_tokenizers.Split(Regex("\n+"), behavior="isolated")  # llama.cpp's Gemma 4 split
+    learner = Tokenizer(models.BPE())
+    learner.normalizer, learner.pre_tokenizer = normalizer, pre_tokenizer
+    learner.train_from_iterator(list(corpus), trainer=trainers.BpeTrainer(
+        vocab_size=vocab_size - len(fixed), show_progress=False))
+    learned = json.loads(learner.to_str())["model"]
+    vocab: dict[str, int] = {}
+    for token in [*fixed, *sorted(learned["vocab"], key=learned["vocab"].get)]:
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=SPECIAL["unk_token"], byte_fallback=True))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     named = {k: v for k, v in SPECIAL.items() if k not in ("video_token", "sot_token", "eot_token")}
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **named)
     fast.add_special_tokens(

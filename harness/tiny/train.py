@@ -2,7 +2,9 @@
 
     python -m harness.tiny.train --steps 1500 --out harness/assets/tiny-gemma4
 
-Only the answer tokens and the closing turn token are supervised. Progress is judged by
+Each step's batch is rendered at one of the image budgets in TRAINED_BUDGETS, in turn, so
+the model reads an image at every budget a run may serve it with. Only the answer tokens and
+the closing turn token are supervised. Progress is judged by
 teacher-forced answer accuracy per family on held-out items; the real check is greedy
 decoding through vLLM (tests/ and bench/tiny_accuracy.py).
 """
@@ -19,14 +21,14 @@ from pathlib import Path
 
 from harness.replay.workloads.base import load_samples
 from harness.tiny import DEFAULT_MODEL_DIR
-from harness.tiny.build import TinySpec, build_processor, corpus, init_model, save_model
+from harness.tiny.build import TRAINED_BUDGETS, TinySpec, build_processor, corpus, init_model, save_model
 from harness.tiny.tokenizer import SPECIAL, build_tokenizer
 
 EOT = SPECIAL["eot_token"]
 
 
-def encode(processor, samples, with_answers: bool = True):
-    """Processor batch for `samples`; labels mark the answer and closing token only."""
+def encode(processor, samples, budget: int, with_answers: bool = True):
+    """Processor batch for `samples` at image budget `budget`; labels mark the answer and closing token only."""
     import torch
 
     prompts = [
@@ -38,18 +40,19 @@ def encode(processor, samples, with_answers: bool = True):
         for s in samples
     ]
     texts = [p + s.reference + EOT if with_answers else p for p, s in zip(prompts, samples)]
-    batch = processor(text=texts, images=[[s.image] for s in samples], return_tensors="pt", padding=True)
+    batch = processor(text=texts, images=[[s.image] for s in samples], return_tensors="pt", padding=True,
+                      max_soft_tokens=budget)
     labels = torch.full_like(batch["input_ids"], -100)
     for row, prompt in enumerate(prompts):
-        start = len(processor(text=[prompt], images=[[samples[row].image]])["input_ids"][0])
+        start = len(processor(text=[prompt], images=[[samples[row].image]], max_soft_tokens=budget)["input_ids"][0])
         end = int(batch["attention_mask"][row].sum())
         labels[row, start:end] = batch["input_ids"][row, start:end]
     batch["labels"] = labels
     return batch
 
 
-def answer_accuracy(model, processor, samples, batch_size: int = 50) -> dict[str, float]:
-    """Per-family share of samples whose every answer token is the argmax (teacher forced)."""
+def answer_accuracy(model, processor, samples, budget: int, batch_size: int = 50) -> dict[str, float]:
+    """Per-family share of samples whose every answer token is the argmax (teacher forced) at one budget."""
     import torch
 
     hits: dict[str, list[int]] = defaultdict(list)
@@ -57,7 +60,7 @@ def answer_accuracy(model, processor, samples, batch_size: int = 50) -> dict[str
     with torch.no_grad():
         for i in range(0, len(samples), batch_size):
             chunk = samples[i : i + batch_size]
-            batch = encode(processor, chunk)
+            batch = encode(processor, chunk, budget)
             labels = batch.pop("labels")
             logits = model(**batch).logits[:, :-1]
             target = labels[:, 1:]
@@ -80,8 +83,8 @@ def train(out_dir: Path, steps: int, batch: int, lr: float, seed: int, eval_ever
           target: float) -> dict:
     """Trains from scratch and saves the model folder at every evaluation; returns the log.
 
-    Stops early once every family's held-out answer accuracy reaches `target` (the stop is
-    a function of the seed alone, so a rerun stops at the same step).
+    Stops early once every family's held-out answer accuracy reaches `target` at every
+    trained budget (the stop is a function of the seed alone, so a rerun stops at the same step).
     """
     import torch
 
@@ -100,13 +103,14 @@ def train(out_dir: Path, steps: int, batch: int, lr: float, seed: int, eval_ever
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98))
     held_out = load_samples(seed, "train", 120, offset=10_000_000)  # never reached by training
-    log = {"seed": seed, "steps": steps, "batch": batch, "lr": lr, "target": target, "spec": spec.__dict__, "evals": []}
+    log = {"seed": seed, "steps": steps, "batch": batch, "lr": lr, "target": target, "spec": spec.__dict__,
+           "budgets": list(TRAINED_BUDGETS), "evals": []}
     start = time.time()
     for step in range(steps):
         samples = load_samples(seed, "train", batch, offset=step * batch)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup=min(200, steps // 10))
-        out = model(**encode(processor, samples))
+        out = model(**encode(processor, samples, TRAINED_BUDGETS[step % len(TRAINED_BUDGETS)]))
         out.loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -114,14 +118,15 @@ def train(out_dir: Path, steps: int, batch: int, lr: float, seed: int, eval_ever
         if step % 20 == 0:
             print(f"step {step} loss {out.loss.item():.4f} gnorm {norm:.2f} {time.time() - start:.0f}s", flush=True)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
-            acc = answer_accuracy(model, processor, held_out)
-            log["evals"].append({"step": step + 1, "elapsed_s": round(time.time() - start, 1), "accuracy": acc})
+            acc = {b: answer_accuracy(model, processor, held_out, b) for b in TRAINED_BUDGETS}
+            log["evals"].append({"step": step + 1, "elapsed_s": round(time.time() - start, 1),
+                                 "accuracy": {str(b): a for b, a in acc.items()}})
             print(f"eval step {step + 1}: {acc}", flush=True)
             log["train_s"] = round(time.time() - start, 1)
             log["parameters"] = sum(p.numel() for p in model.parameters())
             save_model(model, processor, out_dir)
             (out_dir / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
-            if min(acc.values()) >= target:
+            if min(v for a in acc.values() for v in a.values()) >= target:
                 break
     return log
 
