@@ -2,8 +2,9 @@
 
     python -m harness.tiny.train --steps 1500 --out harness/assets/tiny-gemma4
 
-Each step's batch is rendered at one of the image budgets in TRAINED_BUDGETS, in turn, so
-the model reads an image at every budget a run may serve it with. Only the answer tokens and
+The first `--mixed-from` steps render every image at the smallest budget (70, the cheapest:
+the task is learned there); after them each step's batch takes the budgets of TRAINED_BUDGETS
+in turn, so the model reads an image at every budget a run may serve it with. Only the answer tokens and
 the closing turn token are supervised. Progress is judged by
 teacher-forced answer accuracy per family on held-out items; the real check is greedy
 decoding through vLLM (tests/ and bench/tiny_accuracy.py).
@@ -15,6 +16,7 @@ import argparse
 import json
 import math
 import random
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -79,12 +81,20 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def budget_at(step: int, mixed_from: int) -> int:
+    """The image budget of a training step: the smallest before `mixed_from`, then each in turn."""
+    if step < mixed_from:
+        return TRAINED_BUDGETS[0]
+    return TRAINED_BUDGETS[(step - mixed_from) % len(TRAINED_BUDGETS)]
+
+
 def train(out_dir: Path, steps: int, batch: int, lr: float, seed: int, eval_every: int, threads: int,
-          target: float) -> dict:
+          target: float, mixed_from: int = 0) -> dict:
     """Trains from scratch and saves the model folder at every evaluation; returns the log.
 
     Stops early once every family's held-out answer accuracy reaches `target` at every
-    trained budget (the stop is a function of the seed alone, so a rerun stops at the same step).
+    trained budget, in the mixed phase (the stop is a function of the seed alone, so a rerun
+    stops at the same step).
     """
     import torch
 
@@ -104,13 +114,13 @@ def train(out_dir: Path, steps: int, batch: int, lr: float, seed: int, eval_ever
                             lr=lr, betas=(0.9, 0.98))
     held_out = load_samples(seed, "train", 120, offset=10_000_000)  # never reached by training
     log = {"seed": seed, "steps": steps, "batch": batch, "lr": lr, "target": target, "spec": spec.__dict__,
-           "budgets": list(TRAINED_BUDGETS), "evals": []}
+           "budgets": list(TRAINED_BUDGETS), "mixed_from": mixed_from, "evals": []}
     start = time.time()
     for step in range(steps):
         samples = load_samples(seed, "train", batch, offset=step * batch)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup=min(200, steps // 10))
-        out = model(**encode(processor, samples, TRAINED_BUDGETS[step % len(TRAINED_BUDGETS)]))
+        out = model(**encode(processor, samples, budget_at(step, mixed_from)))
         out.loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -118,7 +128,8 @@ def train(out_dir: Path, steps: int, batch: int, lr: float, seed: int, eval_ever
         if step % 20 == 0:
             print(f"step {step} loss {out.loss.item():.4f} gnorm {norm:.2f} {time.time() - start:.0f}s", flush=True)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
-            acc = {b: answer_accuracy(model, processor, held_out, b) for b in TRAINED_BUDGETS}
+            mixed = step + 1 > mixed_from
+            acc = {b: answer_accuracy(model, processor, held_out, b) for b in TRAINED_BUDGETS[:None if mixed else 1]}
             log["evals"].append({"step": step + 1, "elapsed_s": round(time.time() - start, 1),
                                  "accuracy": {str(b): a for b, a in acc.items()}})
             print(f"eval step {step + 1}: {acc}", flush=True)
@@ -126,7 +137,7 @@ def train(out_dir: Path, steps: int, batch: int, lr: float, seed: int, eval_ever
             log["parameters"] = sum(p.numel() for p in model.parameters())
             save_model(model, processor, out_dir)
             (out_dir / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
-            if min(v for a in acc.values() for v in a.values()) >= target:
+            if mixed and min(v for a in acc.values() for v in a.values()) >= target:
                 break
     return log
 
@@ -134,15 +145,19 @@ def train(out_dir: Path, steps: int, batch: int, lr: float, seed: int, eval_ever
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--target", type=float, default=0.95, help="stop once every family reaches it")
+    ap.add_argument("--target", type=float, default=0.95, help="stop once every family reaches it at every budget")
+    ap.add_argument("--mixed-from", type=int, default=1200, help="steps at the smallest budget before mixing")
     args = ap.parse_args(argv)
-    train(args.out, args.steps, args.batch, args.lr, args.seed, args.eval_every, args.threads, args.target)
+    log = train(args.out, args.steps, args.batch, args.lr, args.seed, args.eval_every, args.threads, args.target,
+                args.mixed_from)
+    log["command"] = "python -m harness.tiny.train " + " ".join(argv if argv is not None else sys.argv[1:])
+    (args.out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
 
 
 if __name__ == "__main__":
