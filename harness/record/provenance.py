@@ -24,6 +24,7 @@ DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "transformers": ("transformers",),
     "compressed-tensors": ("compressed-tensors",),
     "openai": ("openai",),
+    "aiohttp": ("aiohttp",),  # the replay client
     "harness": ("vlm-energy-harness",),
 }
 
