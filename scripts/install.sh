@@ -9,6 +9,22 @@ flavour="${1:-cpu}"
 venv="${VENV:-.venv}"
 py="${PYTHON:-python3}"
 stamp="$venv/.installed-$flavour"
+# Every refusal below comes before anything is created or removed: a refused install leaves
+# the machine as it was.
+refuse() { echo "install: $*" >&2; exit 2; }
+[[ "$flavour" == cpu || "$flavour" == gpu ]] || refuse "unknown flavour '$flavour': use cpu (default) or gpu"
+command -v "$py" >/dev/null || refuse "$py not found: install Python >= 3.11 or name one with PYTHON=/path/to/python3.11"
+"$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || refuse "$py is Python $("$py" -c 'import platform; print(platform.python_version())'); vLLM needs >= 3.11: rerun with PYTHON=python3.11 (or newer)"
+for other in "$venv"/.installed-*; do
+  [[ -e "$other" && "$other" != "$stamp" ]] && refuse "$venv holds the ${other##*-} build; two vLLM builds cannot share one environment: pass VENV=.venv-$flavour (or remove $venv)"
+done
+if [[ "$flavour" == gpu ]]; then
+  # torch 2.14 (vLLM 0.33's) is a CUDA 13 build: it needs an NVIDIA driver of branch R580 or newer.
+  driver="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1 || true)"
+  [[ -n "$driver" ]] || refuse "no NVIDIA driver answers (nvidia-smi): a GPU host needs an NVIDIA GPU with driver R580 or newer (CUDA 13); on this machine run \`bash scripts/install.sh\` for the CPU build"
+  (( ${driver%%.*} >= 580 )) || refuse "NVIDIA driver $driver is older than R580, which torch 2.14's CUDA 13 build needs: upgrade the driver"
+fi
 want="$(cat requirements/"$flavour".txt requirements/common.txt requirements/eval.txt pyproject.toml shims/*/pyproject.toml shims/*/*.py shims/*/*.pth 2>/dev/null | sha256sum | cut -c1-16)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   echo "install: $venv is up to date ($flavour)"; exit 0
@@ -38,6 +54,9 @@ fi
 # lm-eval and the closure of its requirements, pinned in requirements/eval.txt (see there).
 quiet "${pip[@]}" install --no-deps -r requirements/eval.txt
 quiet "${pip[@]}" install --no-deps -e .
-"$venv/bin/python" -c "import vllm, torchvision, harness" 2>/dev/null
+# The smoke test shows its own error: a failed import names the missing or broken package.
+smoke="import vllm, torchvision, harness"
+[[ "$flavour" == gpu ]] && smoke="$smoke; import torch; assert torch.cuda.is_available(), 'torch ' + torch.__version__ + ' sees no CUDA device (driver too old for its CUDA ' + str(torch.version.cuda) + '?)'"
+"$venv/bin/python" -c "$smoke" || refuse "$venv was built but its smoke test failed (above); nothing was stamped, a rerun starts it afresh"
 echo "$want" > "$stamp"
 echo "install: $venv ready ($flavour) in $((SECONDS - start)) s, $(du -sh "$venv" | cut -f1)"
