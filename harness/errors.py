@@ -30,3 +30,7 @@ class ServerError(HarnessError, RuntimeError):
 
 class RunFailed(HarnessError, RuntimeError):
     """The run completed but must not be ranked (e.g. too many requests failed)."""
+
+
+class SubmitError(HarnessError, RuntimeError):
+    """No run to submit, no record of the target's vLLM, or the output folder cannot be written; says how to fix it."""

@@ -44,6 +44,17 @@ def test_submission_is_launched_the_judges_way_and_answers(submission):
     cfg = yaml.safe_load((out / "vllm_config.yaml").read_text())
     assert cfg["model"] == "." and cfg["max-num-seqs"] == 4 and cfg["max-model-len"] > 0
     assert not {"host", "port", "api-key"} & set(cfg)
+    assert cfg["enforce-eager"] is False  # built for the judges' GPU: CUDA graphs on, whatever served the run
+
+
+def test_the_host_launch_adds_eager_mode_on_the_command_line_only(submission):
+    """A CPU serves the folder with --enforce-eager given after --config; the folder and its card keep the GPU's."""
+    out, proc = submission
+    validation = (out / "README.md").read_text().split("## Validation")[1].split("## Measured results")[0]
+    assert "static, for NVIDIA L4 (sm_89) with vLLM 0.33.0 (CUDA)" in validation
+    assert "launched on CPU" in validation and "`vllm serve --config vllm_config.yaml` --enforce-eager" in validation
+    assert "not in the folder" in validation and "started and answered one suite image request" in validation
+    assert "validation: launched on CPU" in proc.stdout
     for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "processor_config.json"):
         assert (out / name).stat().st_size > 0
     assert not (out / "training_log.json").exists()  # not part of a servable checkpoint
@@ -124,9 +135,10 @@ def test_quantization_must_leave_towers_embeddings_and_head_alone(tiny_model_dir
     qc["config_groups"]["group_0"]["targets"].append("re:.*vision_tower.*")
     (folder / "config.json").write_text(json.dumps(config))
     problems = check_folder(folder, launch=False).problems
-    assert {p.file for p in problems} == {"config.json"}
+    assert {p.file for p in problems} == {"config.json", "*.safetensors"}  # the target's loader would fail too
     assert any("'re:.*vision_tower.*'" in p.message for p in problems)
     assert any("vision_tower module(s) would be quantized" in p.message for p in problems)
+    assert any("targeted by quantization_config are stored unquantized" in p.message for p in problems)
 
 
 def test_submit_without_a_run_says_how_to_make_one(tmp_path):

@@ -98,7 +98,7 @@ def check_platform(run: RunConfig, platform: Platform | None = None) -> Platform
     """
     platform = platform or detect_platform()
     compress, weights_fallback = _check_cpu_fp8(run, platform)
-    unservable = _check_weights(_weight_scheme(compress), platform)
+    unservable = check_weights(_weight_scheme(compress), platform)
     serve = run.serve
     fallbacks: list[Fallback] = [weights_fallback] if weights_fallback else []
     for check in (_check_kv_cache, _check_graphs):
@@ -155,7 +155,7 @@ def _weight_scheme(spec: CompressSpec) -> str:
     return quantizing[-1] if quantizing else "none"
 
 
-def _check_weights(scheme: str, platform: Platform) -> str | None:
+def check_weights(scheme: str, platform: Platform) -> str | None:
     """None when vLLM has a weight kernel for ``scheme`` here; else why not (CPU) or raises (GPU)."""
     where = platform.describe()
     if platform.device == "cpu":

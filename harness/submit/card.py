@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,8 @@ def _recipe_lines(folder: Path) -> list[str]:
 
 
 def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline_row: Mapping[str, Any] | None,
-               overrides: list[str], size_bytes: int) -> str:
+               overrides: list[str], size_bytes: int, built: Sequence[str] = (),
+               validation: Sequence[str] | None = None, submit_args: Sequence[str] = ()) -> str:
     """README.md text for the submission folder.
 
     Args:
@@ -68,6 +69,9 @@ def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline
             baseline (None when the run has no gate).
         overrides: the Hydra overrides that reproduce the run.
         size_bytes: the folder's size on disk before this README.
+        built: what the folder was built for and how it differs from what the run served.
+        validation: what the check of the folder ran (None: not checked yet).
+        submit_args: options of `python -m harness.submit` beyond the overrides (e.g. --target).
     """
     cfg = result.config
     model, workload, sampling = cfg.get("model", {}), cfg.get("workload", {}), cfg.get("sampling", {})
@@ -80,6 +84,10 @@ def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline
         "## Serve settings (vllm_config.yaml)", "", "```yaml",
         (folder / "vllm_config.yaml").read_text(encoding="utf-8").rstrip(), "```", "",
         "Serve it from inside this folder: `vllm serve --config vllm_config.yaml --port 8000`.", "",
+        "## Built for", "", *[f"- {line}" for line in built], "",
+        "## Validation", "",
+        *([f"- {line}" for line in validation] if validation is not None
+          else ["Not validated yet: `python -m harness.submit` rewrites this section after its check."]), "",
         "## Measured results", "",
         f"Hardware: {variant_row['hardware']}. Energy source: **{variant_row['energy_source']}** "
         "(measured = hardware energy counters; modeled = an estimate from CPU activity, not a measurement).",
@@ -102,7 +110,7 @@ def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline
     lines += [
         "## How to reproduce", "", "```bash",
         f"python -m harness +variant={result.variant} {repro}".rstrip(),
-        f"python -m harness.submit +variant={result.variant} {repro}".rstrip(), "```", "",
+        " ".join(["python -m harness.submit", f"+variant={result.variant}", *overrides, *submit_args]), "```", "",
         "Every figure above was produced by these commands; none was edited by hand.",
     ]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""Checks a submission folder the way judges will use it: files, quantization scope, paths, secrets, a real launch."""
+"""Checks a submission folder the way judges will use it: files, quantization scope, paths, secrets, the target's
+vLLM keys and loader, and a real launch where this host can serve it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from compress.schemes import LayerSpec
+from harness.submit.loader import loader_problems
+from harness.submit.problem import Problem
+from harness.submit.target import HostLaunch, Target, load_target
 
 CONFIG = "vllm_config.yaml"
 # Modules the competition's quality depends on and that must stay in their original precision.
@@ -21,18 +27,11 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:work|home|tmp|root|mnt|scratch|User
 SECRETS = (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), re.compile(r"\bhf_[A-Za-z0-9]{20,}"),
            re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"))
 MACHINE_KEYS = ("host", "port", "api-key", "api_key", "ssl-keyfile", "ssl-certfile")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One reason the folder would not serve or would be refused, and how to fix it."""
-
-    file: str
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.message}; fix: {self.fix}"
+# Settings only a CPU host needs (harness.serve.capabilities chooses them there): in the folder they
+# would change how the judges' GPU serves it. CPU KV-cache space is an environment variable
+# (VLLM_CPU_KVCACHE_SPACE) and the CPU weight fallback a checkpoint: neither can be a key here.
+HOST_ONLY = {"enforce-eager": (True, "turns CUDA graphs off on the judges' GPU (it is the CPU default, where "
+                                     "graphs do not exist)")}
 
 
 @dataclass(frozen=True)
@@ -43,11 +42,13 @@ class CheckReport:
         problems: every problem found (empty when the folder passes).
         size_bytes: total size of the files in the folder.
         answer: the served model's answer to one suite image request (None if not launched).
+        validation: what was checked, one line per kind (static checks; the launch or why none ran).
     """
 
     problems: tuple[Problem, ...]
     size_bytes: int
     answer: str | None = None
+    validation: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -141,8 +142,9 @@ def pruned_problems(folder: Path) -> list[Problem]:
                     "(pip install of this project) and say so in the README")]
 
 
-def serve_config_problems(folder: Path) -> list[Problem]:
-    """vllm_config.yaml: serves the folder itself, states max-model-len, holds nothing of this machine."""
+def serve_config_problems(folder: Path, target: Target) -> list[Problem]:
+    """vllm_config.yaml: serves the folder itself, states max-model-len, holds nothing of this machine or host,
+    and only keys the target's `vllm serve` accepts (an unknown key stops it before it loads anything)."""
     import yaml
 
     path = folder / CONFIG
@@ -163,6 +165,16 @@ def serve_config_problems(folder: Path) -> list[Problem]:
         if key in cfg:
             problems.append(Problem(CONFIG, f"holds {key!r}, a setting of this machine",
                                     f"remove {key!r}; judges pass it on the command line"))
+    for key, (value, why) in HOST_ONLY.items():
+        if cfg.get(key) == value:
+            problems.append(Problem(CONFIG, f"holds `{key}: {json.dumps(value)}`, a setting of the build host: "
+                                    f"it {why}", f"remove {key!r} (python -m harness.submit writes the target's "
+                                    "settings)"))
+    for key in cfg:
+        if str(key).split(".")[0].replace("_", "-") not in target.keys:  # vLLM reads key_name as key-name
+            problems.append(Problem(CONFIG, f"key {key!r} is not an option of vLLM {target.vllm_version}'s "
+                                    f"`vllm serve` ({target.record}), so the judges' server would refuse to start",
+                                    f"remove it, or use the name vLLM {target.vllm_version} has for it"))
     return problems
 
 
@@ -183,30 +195,61 @@ def text_problems(folder: Path) -> list[Problem]:
     return problems
 
 
-def check_folder(folder: Path | str, *, launch: bool = True, startup_timeout_s: float = 600.0) -> CheckReport:
-    """Every check; the server is launched only when the static checks pass.
+def check_folder(folder: Path | str, *, launch: bool = True, startup_timeout_s: float = 600.0,
+                 target: Target | None = None, host: HostLaunch | None = None,
+                 expect: LayerSpec | None = None) -> CheckReport:
+    """Every check; the server is launched only when the static checks pass and this host can serve the folder.
 
     Args:
         folder: the submission folder.
         launch: also serve it with `vllm serve --config vllm_config.yaml` and ask one
             suite image question.
         startup_timeout_s: how long the server may take to become ready.
+        target: the GPU and pinned vLLM the folder is for (default: the competition's).
+        host: whether and how this host can serve it (harness.submit.target.host_launch); None
+            launches it as it is.
+        expect: the weights the variant names; a folder holding others is refused.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return CheckReport((Problem(str(folder), "is not a folder", "pass the submission folder"),), 0)
-    problems = (_required(folder) + serve_config_problems(folder) + quantization_problems(folder)
-                + pruned_problems(folder) + text_problems(folder))
+    target = target or load_target()
+    loader, checked = loader_problems(folder, target, expect)
+    problems = (_required(folder) + serve_config_problems(folder, target) + quantization_problems(folder)
+                + pruned_problems(folder) + text_problems(folder) + loader)
     size = folder_size_bytes(folder)
-    if problems or not launch:
-        return CheckReport(tuple(problems), size)
-    from harness.submit.launch import LaunchError, ask_one_image
+    ran = (f"static, for {target.describe()}: files, quantization scope, paths and secrets; every "
+           f"vllm_config.yaml key an option of vLLM {target.vllm_version}'s `vllm serve` ({target.record}) and "
+           f"no host-only setting; checkpoint: {checked}")
+    if problems:
+        return CheckReport(tuple(problems), size, validation=(ran, "not launched: the static checks found problems"))
+    if not launch:
+        return CheckReport((), size, validation=(ran, "not launched (--no-launch)"))
+    if host is not None and host.reason:
+        return CheckReport((), size, validation=(ran, f"not launched on this host ({host.platform.describe()}), "
+                                                      f"which cannot serve it: {host.reason}"))
+    problem, answer, served = _launch(folder, host, startup_timeout_s)
+    return CheckReport((problem,) if problem else (), size, answer, validation=(ran, served))
 
+
+def _launch(folder: Path, host: HostLaunch | None, startup_timeout_s: float) -> tuple[Problem | None, str | None, str]:
+    """Serves the folder the judges' way, this host's flags (if any) on the command line only.
+
+    Returns:
+        The problem found (None when it answered), the answer, and a line saying what ran.
+    """
+    from harness.submit.launch import LaunchError, ask_one_image, cli_flags
+
+    flags = cli_flags(host.flags if host else {})
+    extra = f" {' '.join(flags)} (this host's settings, on the command line only: not in the folder)" if flags else ""
+    where = host.platform.describe() if host else "this host"
+    served = f"launched on {where}: `vllm serve --config vllm_config.yaml`{extra}"
     try:
-        answer = ask_one_image(folder, startup_timeout_s=startup_timeout_s)
+        answer = ask_one_image(folder, flags=flags, startup_timeout_s=startup_timeout_s)
     except LaunchError as err:
-        return CheckReport((Problem(CONFIG, str(err), err.fix),), size)
+        return Problem(CONFIG, str(err), err.fix), None, served + ": failed"
     if not answer.strip():
-        return CheckReport((Problem(CONFIG, "the served model answered an image request with empty text",
-                                    "check the chat template and the weights (serve it by hand and look)"),), size)
-    return CheckReport((), size, answer)
+        return (Problem(CONFIG, "the served model answered an image request with empty text",
+                        "check the chat template and the weights (serve it by hand and look)"), answer,
+                served + ": answered with empty text")
+    return None, answer, served + ": started and answered one suite image request"

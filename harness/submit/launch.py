@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.serve.vllm import LOG_TAIL_LINES, free_port, stop_process_group
@@ -31,6 +34,20 @@ def vllm_command() -> list[str]:
     if not script.is_file():
         raise LaunchError(f"no vllm console script at {script}", "install vLLM into this environment")
     return [str(script)]
+
+
+def cli_flags(settings: Mapping[str, Any]) -> list[str]:
+    """Settings as `vllm serve` options, written as vLLM reads a config file (`key: false` is `--no-key`).
+
+    Given after `--config vllm_config.yaml` they win over the file's values (vLLM: cli > config > defaults).
+    """
+    flags: list[str] = []
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            flags.append(f"--{key}" if value else f"--no-{key}")
+        else:
+            flags += [f"--{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+    return flags
 
 
 def _tail(log: Path) -> str:
@@ -78,9 +95,10 @@ def _ask(base_url: str, key: str, model: str) -> str:
     return reply.choices[0].message.content or ""
 
 
-def ask_one_image(folder: Path, *, startup_timeout_s: float = 600.0) -> str:
+def ask_one_image(folder: Path, *, flags: Sequence[str] = (), startup_timeout_s: float = 600.0) -> str:
     """Runs `vllm serve --config vllm_config.yaml` in `folder` on loopback, asks one image
-    question, and always stops the server. Port, host and API key go on the command line.
+    question, and always stops the server. Port, host and API key go on the command line, and
+    so do `flags`: this host's own settings (e.g. `--enforce-eager` on a CPU), never the folder's.
 
     Returns:
         The answer text. The server log is kept outside the folder (a temp file) so the
@@ -91,7 +109,7 @@ def ask_one_image(folder: Path, *, startup_timeout_s: float = 600.0) -> str:
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # read only by the CPU build; keeps this host's memory free
     log = Path(tempfile.mkdtemp(prefix="submit-check-")) / "server.log"
     command = vllm_command() + ["serve", "--config", "vllm_config.yaml", "--host", HOST, "--port", str(port),
-                                "--api-key", key]
+                                "--api-key", key, *flags]
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=folder, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)

@@ -1,5 +1,5 @@
-"""`python -m harness.submit +variant=NAME [overrides] [--out DIR]`: a validated upload folder from the
-newest ok run."""
+"""`python -m harness.submit +variant=NAME [overrides] [--target l4] [--out DIR]`: an upload folder for the judges'
+GPU, made from the newest ok run and validated as far as this host can."""
 
 from __future__ import annotations
 
@@ -7,12 +7,21 @@ import argparse
 import json
 import re
 import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config.schema import ConfigError, RunConfig
-from harness.errors import HarnessError
+from compress.configs import CompressConfig
+from compress.schemes import LayerSpec
+from harness.build.variant import build_variant, check_build
+from harness.config.schema import CompressSpec, RunConfig, to_compress_config
+from harness.errors import HarnessError, SubmitError
 from harness.record.result import runs_newest_first, same_setup
+from harness.serve.capabilities import PlatformCheck, check_platform
+from harness.serve.vllm import vllm_args
+from harness.submit.loader import describe
+from harness.submit.target import DEFAULT_TARGET, TARGETS, HostLaunch, Target, host_launch, load_target
 
 # Checkpoint files that make up a servable model; anything else (training logs, caches) stays behind.
 CHECKPOINT_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
@@ -21,10 +30,27 @@ CHECKPOINT_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", 
                     "recipe.json")
 # Overrides of where files live on this machine: they do not belong in a model card.
 LOCAL_KEYS = ("results_dir", "cache_dir", "hydra.", "serve.port", "serve.host", "serve.api_key")
+# vllm_config.yaml keys that name the same thing in the run and in the folder, each written its own way.
+SAME_WHEREVER = ("model", "served-model-name", "chat-template")
 
 
-class SubmitError(HarnessError, RuntimeError):
-    """No run to submit, or the output folder cannot be written; says how to fix it."""
+@dataclass(frozen=True)
+class Submission:
+    """A written folder, and what its check and its card need.
+
+    Attributes:
+        host: whether and how this host can serve the folder (flags never written into it).
+        expect: the weights the variant names (the check refuses a folder holding others).
+        built: the card's "Built for" lines: target, and how the folder differs from what the run served.
+        card: model_card's other arguments, kept to rewrite the card with the check's outcome.
+    """
+
+    folder: Path
+    target: Target
+    host: HostLaunch
+    expect: LayerSpec | None
+    built: tuple[str, ...]
+    card: Mapping[str, Any] = field(default_factory=dict)
 
 
 def newest_ok_run(run_cfg: RunConfig, config: dict[str, Any]):
@@ -72,17 +98,72 @@ def _relative(value: Any) -> Any:
     return value
 
 
-def write_serve_config(run_dir: Path, model_dir: Path, out: Path) -> None:
-    """The run's vllm_config.yaml with `model: .` and max-model-len stated; host, port, key left out."""
-    import yaml
+def expected_layer(spec: CompressSpec) -> LayerSpec | None:
+    """The weights a scheme stores (None for the base model and for multi-step schemes)."""
+    config = to_compress_config(spec)
+    return config.layer_spec() if isinstance(config, CompressConfig) else None
 
-    cfg = yaml.safe_load((run_dir / "vllm_config.yaml").read_text(encoding="utf-8")) or {}
-    cfg["model"] = "."
+
+def target_checkpoint(run_cfg: RunConfig, result, check: PlatformCheck, log=print) -> tuple[Path, Mapping | None]:
+    """The checkpoint to ship, and the weights fallback the run served instead (None when it served these).
+
+    A run on a host without the variant's weight kernel served a fallback scheme (on a CPU,
+    per-channel FP8 with dynamic activations for per-tensor FP8): then the variant's own scheme
+    for the target is built (or taken from the build cache) from the same base model.
+    """
+    fallback = next((f for f in result.serve.fallbacks if f.get("setting") == "weights"), None)
+    if fallback is None:
+        model_dir = Path(str(result.serve.model_dir))
+        if not (model_dir / "config.json").is_file():
+            raise SubmitError(f"the served checkpoint {model_dir} is gone: "
+                              f"re-run `python -m harness +variant={run_cfg.name}`")
+        return model_dir, None
+    spec = check.compress or run_cfg.compress
+    check_build(run_cfg, spec)
+    return build_variant(run_cfg, spec, log=log), fallback
+
+
+def target_serve_config(run_cfg: RunConfig, check: PlatformCheck, served: Mapping[str, Any], run_dir: Path,
+                        model_dir: Path) -> dict[str, Any]:
+    """The variant's serve settings as the target's platform check resolves them (CUDA graphs on, an FP8
+    KV cache where asked), with `model: .`, and the served name and context length of the run (`served`:
+    the run's vllm_config.yaml)."""
+    name = served.get("served-model-name") or run_cfg.model.name
+    cfg = vllm_args(".", check.serve, served_model_name=name, dtype=run_cfg.model.dtype)
     if not cfg.get("max-model-len"):
         cfg["max-model-len"] = served_max_model_len(run_dir, model_dir)
-    for key in ("host", "port", "api-key", "tokenizer"):
-        cfg.pop(key, None)
-    (out / "vllm_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return cfg
+
+
+def place_chat_template(cfg: dict[str, Any], out: Path) -> None:
+    """A `chat-template` file of this machine becomes a copy in the folder, named relative to it
+    (the judges run `vllm serve` inside the folder, where an absolute path of ours means nothing)."""
+    template = cfg.get("chat-template")
+    if not template or not Path(template).is_file():
+        return
+    name = Path(template).name if Path(template).name != "chat_template.jinja" else "served_chat_template.jinja"
+    shutil.copy(template, out / name)
+    cfg["chat-template"] = name
+
+
+def built_lines(target: Target, host: HostLaunch, run_yaml: Mapping[str, Any], cfg: Mapping[str, Any],
+                fallback: Mapping | None, expect: LayerSpec | None) -> tuple[str, ...]:
+    """What the folder is for, and each way it differs from what the run served on this host."""
+    def setting(key: str, values: Mapping[str, Any]) -> str:
+        return f"`{key}: {json.dumps(values[key])}`" if key in values else "no such key (vLLM's default)"
+
+    lines = [f"Target: {target.describe()}. Built on {host.platform.describe()}."]
+    changed = [f"{setting(k, run_yaml)} (the folder has {setting(k, cfg)})"
+               for k, v in run_yaml.items() if k not in SAME_WHEREVER and cfg.get(k) != v]
+    lines.append("Serve settings of the measured run on this host that are not the target's, left out of the "
+                 "folder: " + ("; ".join(changed) if changed else "none") + ".")
+    if fallback is not None:
+        lines.append(f"Weights: the measured run served {fallback['effective']}, this host's fallback, because "
+                     f"{fallback['reason']}. The weights here are the variant's own scheme"
+                     f"{f' ({describe(expect)})' if expect else ''}, built for the target from the same base model "
+                     "by the same compress code; they were not measured on this host, so measure them on the target "
+                     "before relying on the figures below.")
+    return tuple(lines)
 
 
 def reproducible(overrides: list[str]) -> list[str]:
@@ -90,37 +171,55 @@ def reproducible(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.lstrip("+").startswith(LOCAL_KEYS) and "variant=" not in o]
 
 
-def make_submission(overrides: list[str], out: Path | None = None):
-    """Writes the submission folder for the variant named in `overrides` and returns it.
+def make_submission(overrides: list[str], out: Path | None = None, target: str = DEFAULT_TARGET,
+                    log=print) -> Submission:
+    """Writes the submission folder for the variant named in `overrides`, built for `target`.
 
     Raises:
-        SubmitError: no matching run, or `out` exists and is not empty.
+        HarnessError: no matching run, no record of the target's vLLM, a variant the target
+            cannot serve, a failed build, or `out` exists and is not empty.
     """
+    import yaml  # lazy: PyYAML comes with vLLM and Hydra
+
     from harness.config.schema import compose
     from harness.leaderboard.data import run_row
     from harness.record.result import config_dict, load_result
-    from harness.submit.card import model_card
     from harness.submit.check import folder_size_bytes
 
     run_cfg = compose(overrides)
+    gpu = load_target(target)
     result, run_dir = newest_ok_run(run_cfg, config_dict(run_cfg))
-    model_dir = Path(str(result.serve.model_dir))
+    check = check_platform(run_cfg, gpu.platform)  # PlatformError: the target lacks the variant's kernels
     out = out or Path(run_cfg.results_dir) / "submissions" / result.run_id
     if out.exists() and any(out.iterdir()):
         raise SubmitError(f"{out} exists and is not empty: remove it or pass --out to a new folder")
-    if not (model_dir / "config.json").is_file():
-        raise SubmitError(f"the served checkpoint {model_dir} is gone: "
-                          f"re-run `python -m harness +variant={run_cfg.name}`")
+    model_dir, fallback = target_checkpoint(run_cfg, result, check, log)
+    served = yaml.safe_load((run_dir / "vllm_config.yaml").read_text(encoding="utf-8")) or {}
+    cfg = target_serve_config(run_cfg, check, served, run_dir, model_dir)
     out.mkdir(parents=True, exist_ok=True)
     copy_checkpoint(model_dir, out)
-    write_serve_config(run_dir, model_dir, out)
+    place_chat_template(cfg, out)
+    (out / "vllm_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    host = host_launch(run_cfg, check)
+    expect = expected_layer(check.compress or run_cfg.compress)
+    built = built_lines(gpu, host, served, cfg, fallback, expect)
     baseline_id = result.gate.baseline_run_id if result.gate else None
     base_dir = Path(run_cfg.results_dir) / "runs" / str(baseline_id)
     baseline_row = run_row(load_result(base_dir), base_dir) if baseline_id and base_dir.is_dir() else None
-    card = model_card(folder=out, result=result, variant_row=run_row(result, run_dir), baseline_row=baseline_row,
-                      overrides=reproducible(overrides), size_bytes=folder_size_bytes(out))
-    (out / "README.md").write_text(card, encoding="utf-8")
-    return out
+    card = {"result": result, "variant_row": run_row(result, run_dir), "baseline_row": baseline_row,
+            "overrides": reproducible(overrides), "size_bytes": folder_size_bytes(out),
+            "submit_args": ("--target", target) if target != DEFAULT_TARGET else ()}
+    submission = Submission(out, gpu, host, expect, built, card)
+    write_card(submission, None)
+    return submission
+
+
+def write_card(submission: Submission, validation: tuple[str, ...] | None) -> None:
+    """(Re)writes README.md; `validation` is what the folder's check ran (None: not yet)."""
+    from harness.submit.card import model_card
+
+    text = model_card(folder=submission.folder, built=submission.built, validation=validation, **submission.card)
+    (submission.folder / "README.md").write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,21 +230,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.submit", description=__doc__)
     parser.add_argument("overrides", nargs="+", help="Hydra overrides, e.g. +variant=fp8 workload.limit=8")
     parser.add_argument("--out", type=Path, help="submission folder (default RESULTS/submissions/<run_id>)")
+    parser.add_argument("--target", choices=sorted(TARGETS), default=DEFAULT_TARGET,
+                        help=f"the GPU the judges serve it on (default {DEFAULT_TARGET}, the competition's)")
     parser.add_argument("--no-launch", action="store_true", help="skip serving the folder with vLLM")
     args = parser.parse_args(argv)
     console = Console()
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
     try:
-        folder = make_submission(args.overrides, args.out)
-    except (ConfigError, SubmitError) as err:
-        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        submission = make_submission(args.overrides, args.out, args.target, log=say)
+    except HarnessError as err:
+        say(f"[red]error:[/] {err}")
         return 2
-    console.print(f"wrote {folder}; checking it (launching vLLM the judges' way: may take minutes)", soft_wrap=True)
-    report = check_folder(folder, launch=not args.no_launch)
-    console.print(f"size on disk: {report.size_bytes / 2**20:.1f} MiB")
+    say(f"wrote {submission.folder}")
+    for line in submission.built:
+        say(f"  {line}")
+    say("checking it" + ("" if args.no_launch or submission.host.reason else
+                         " (launching vLLM the judges' way: may take minutes)"))
+    report = check_folder(submission.folder, launch=not args.no_launch, target=submission.target,
+                          host=submission.host, expect=submission.expect)
+    write_card(submission, report.validation)
+    say(f"size on disk: {report.size_bytes / 2**20:.1f} MiB")
+    for line in report.validation:
+        say(f"validation: {line}")
     for problem in report.problems:
-        console.print(f"[red]problem:[/] {problem}", highlight=False, soft_wrap=True)
+        say(f"[red]problem:[/] {problem}")
     if report.answer is not None:
-        console.print(f"served answer to one suite image: {report.answer!r}", highlight=False, soft_wrap=True)
+        say(f"served answer to one suite image: {report.answer!r}")
     console.print("[green]ready to upload[/]" if report.ok else "[red]not ready: fix the problems above[/]")
     return 0 if report.ok else 1
-
