@@ -11,15 +11,16 @@ from typing import Any
 from harness.build.variant import build_variant
 from harness.config.schema import RunConfig
 from harness.energy import MEASUREMENT_VERSION
-from harness.preflight import check_session, preflight
+from harness.preflight import check_session, generation_changes, preflight
 from harness.record import provenance
 from harness.record.atomic import write_jsonl_atomic
+from harness.record.decode import decode_split
 from harness.record.parts import EnergyPart
 from harness.record.redact import redact_serve
 from harness.record.result import RunResult, append_row, config_dict, flat_row, jsonable, new_run_dir, write_result
 from harness.record.resume import find_resume, in_sample_order
 from harness.record.summary import print_summary
-from harness.replay.stats import summarize_requests
+from harness.replay.stats import output_lengths, summarize_requests
 from harness.replay.tokens import joules_per_output_token
 from harness.replay.watchdog import error_rate_failure
 from harness.replay.workloads import load_warmup, load_workload
@@ -142,6 +143,7 @@ def _trial_record(trial: Trial) -> dict[str, Any]:
                                                              trial.steady_tokens),
         "requests": len(trial.played.records), "errors": len(trial.played.records) - len(ok),
         "output_tokens": sum(r.output_tokens for r in ok),
+        "decode": decode_split(trial.played.records, suite and suite.to_dict()),  # attributed by time
     }
 
 
@@ -171,6 +173,7 @@ def _record(arm: Arm, error: str | None, baseline: RunResult | None) -> RunResul
         if error is None and report is not None:
             gate = gate_against(run_cfg, cfg, report, energy, baseline)
     serve["model_dir"] = str(arm.model_dir) if arm.model_dir else None
+    serve["changes_from_base"] = [str(c) for c in generation_changes(run_cfg, arm.check.serve, arm.model_dir)]
     if arm.resumed_from:
         extra = {"resume": {"resumed_from": arm.resumed_from, "reused_requests": len(arm.reused),
                             "replayed_requests": len(first.played.records) if first else 0}}
@@ -179,6 +182,7 @@ def _record(arm: Arm, error: str | None, baseline: RunResult | None) -> RunResul
         started_at=arm.started.isoformat(), ended_at=datetime.now(timezone.utc).isoformat(),
         config=cfg, provenance={**provenance.collect(), **extra}, serve=serve, energy=energy,
         quality=quality, latency=stats[0], throughput=stats[1], counts=stats[2], gate=gate, error=error,
+        lengths=output_lengths(records) if records else None,
     )
     write_result(paths_root, result)
     append_row(Path(run_cfg.results_dir) / "runs.jsonl", flat_row(result))

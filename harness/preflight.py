@@ -16,6 +16,8 @@ from harness.energy import check_meter
 from harness.errors import ConfigError
 from harness.score.lmeval.engine import check_engine
 from harness.serve.capabilities import PlatformCheck, check_platform
+from harness.serve.generation import Change, changes_from_base, describe_defaults, server_defaults
+from harness.serve.vllm import vllm_args
 from harness.trials import server_mode
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,34 @@ def preflight(run_cfg: RunConfig) -> PlatformCheck:
     check_model(run_cfg.model.resolved_path())
     check_inputs(run_cfg, check)  # port, checkpoint headers, code in the model folder, disk space
     check_engine(run_cfg)  # quality.engine=lm_eval: lm-eval tasks known and generative
+    for note in generation_notes(run_cfg, check.serve):
+        log.warning(note)
     return check
+
+
+def generation_changes(run: RunConfig, serve: ServeConfig, served_dir: str | Path | None = None) -> list[Change]:
+    """How the generation config and chat template served differ from the base model's, with what each changes.
+
+    ``served_dir``: the checkpoint served (None: the base model, whose generation and template
+    files a build copies unchanged, compress.export.copy_side_files); serve.generation_config
+    and serve.chat_template count as served. [] when the base model is not a local folder.
+    """
+    base = Path(run.model.resolved_path()).expanduser()
+    if not base.is_dir():
+        return []
+    served = Path(served_dir) if served_dir is not None and Path(served_dir).is_dir() else base
+    return changes_from_base(served, base, vllm_args(served, serve, served_model_name="model"))
+
+
+def generation_notes(run: RunConfig, serve: ServeConfig) -> list[str]:
+    """Warnings for what changes the judged behaviour: every change from the base model's generation
+    config or chat template and, when requests carry no sampling, what the server fills in."""
+    notes = [str(change) for change in generation_changes(run, serve)]
+    defaults = server_defaults(Path(run.model.resolved_path()).expanduser(), serve.generation_config)
+    if run.sampling.send == "messages" and defaults is not None:
+        notes.append(f"sampling.send=messages: requests carry no sampling; the server fills in "
+                     f"{describe_defaults(defaults)}")
+    return notes
 
 
 def check_session(run_cfg: RunConfig, check: PlatformCheck, with_baseline: bool) -> str:

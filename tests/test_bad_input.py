@@ -66,6 +66,11 @@ BAD_CONFIGS = [
     (["+serve.bogus=1"], ["bogus", "accepts"]),
     (["workload.limit=many"], ["workload.limit", "int"]),
     (["model.path=/nonexistent/model"], ["does not exist", "set model.path"]),
+    (["sampling.send=all"], ["sampling.send", "explicit, messages"]),
+    (["sampling.send=messages", "sampling.ignore_eos=true"], ["sampling.ignore_eos", "sampling.send=explicit"]),
+    (["serve.chat_template=/nonexistent/t.jinja"], ["serve.chat_template", "no such file", "brevity"]),
+    (["+serve.generation_config.seed=1"], ["serve.generation_config.seed", "remove the key"]),
+    (["+serve.generation_config.max_new_tokens=-1"], ["max_new_tokens=-1", "positive integer"]),
 ]
 
 

@@ -21,8 +21,15 @@ def test_every_group_option_composes(group: str, option: str) -> None:
 
 @pytest.mark.parametrize("variant", group_options("variant"))
 def test_every_variant_composes_and_names_itself(variant: str) -> None:
-    run = compose([f"+variant={variant}"])
+    from harness.tiny import trained_budgets
+
+    run = compose([f"+variant={variant}", "model=gemma4_e4b"])
     assert run.name == variant
+    if run.serve.max_soft_tokens in (None, *trained_budgets()):
+        assert compose([f"+variant={variant}"]).name == variant  # and on the embedded tiny model
+    else:
+        with pytest.raises(ConfigError, match="tiny model was trained at"):
+            compose([f"+variant={variant}"])
 
 
 def test_variants_cover_the_brief() -> None:
@@ -175,3 +182,38 @@ def test_a_baseline_shares_the_setup_but_not_the_variant_identity_or_compression
                                          "serve.max_num_seqs=4"]
     base = compose(["+variant=bf16", *baseline_overrides(given)])
     assert base.name == "bf16" and base.compress.is_none and base.workload.limit == 200
+
+
+def test_requests_send_every_sampling_field_unless_told_to_send_messages_only() -> None:
+    assert compose([]).sampling.send == "explicit" == compose(["sampling=greedy"]).sampling.send
+    assert compose(["sampling.send=messages"]).sampling.send == "messages"
+    # Messages-only requests send no max_tokens: only the prompt must fit the context (64 + 1 here, not 64 + 64).
+    compose(["sampling.send=messages", "serve.max_model_len=100"])
+
+
+def test_length_lever_variants_set_their_serve_options() -> None:
+    from harness.config.schema import TEMPLATES_DIR
+
+    brevity, capped, base = (compose([f"+variant={v}"]) for v in ("bf16_brevity", "bf16_max_new16", "bf16"))
+    assert brevity.serve.chat_template == str(TEMPLATES_DIR / "brevity.jinja")
+    assert dict(capped.serve.generation_config) == {"max_new_tokens": 16}
+    assert brevity.compress == capped.compress == base.compress  # serve-only deltas, gated against bf16
+    assert base.serve.chat_template is None and dict(base.serve.generation_config) == {}
+
+
+def test_chat_template_paths_are_read_from_where_the_command_runs(tmp_path, monkeypatch) -> None:
+    (tmp_path / "short.jinja").write_text("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    monkeypatch.chdir(tmp_path)
+    assert compose(["serve.chat_template=short.jinja"]).serve.chat_template == str(tmp_path / "short.jinja")
+    with pytest.raises(ConfigError, match=f"(?s)serve.chat_template=nope.jinja: no such file.*{tmp_path}.*brevity"):
+        compose(["serve.chat_template=nope.jinja"])
+
+
+def test_generation_config_takes_only_what_vllm_turns_into_request_defaults() -> None:
+    assert dict(compose(["+serve.generation_config.top_p=0.9"]).serve.generation_config) == {"top_p": 0.9}
+    with pytest.raises(ConfigError, match="serve.generation_config.max_length: vLLM turns only .*max_new_tokens"):
+        compose(["+serve.generation_config.max_length=16"])
+    with pytest.raises(ConfigError, match="max_new_tokens=0 must be a positive integer"):
+        compose(["+serve.generation_config.max_new_tokens=0"])
+    with pytest.raises(ConfigError, match="ignore_eos=true needs sampling.send=explicit"):
+        compose(["sampling.send=messages", "sampling.ignore_eos=true"])

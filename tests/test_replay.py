@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 import statistics
 import threading
@@ -10,8 +11,9 @@ import threading
 import pytest
 
 from harness.config.schema import compose
-from harness.replay.client import _arrival_offsets_s, chat_messages, replay
+from harness.replay.client import _arrival_offsets_s, chat_messages, replay, request_body
 from harness.replay.workloads.base import load_samples
+from harness.serve.generation import ServerDefaults
 from harness.serve.vllm import ServerTarget
 
 
@@ -143,11 +145,11 @@ def test_poisson_arrivals_are_seeded_with_the_asked_rate() -> None:
     assert _arrival_offsets_s(3, _workload(mode="concurrent")) == [0.0, 0.0, 0.0]
 
 
-def _sse_server(pieces: list[bytes]):
+def _sse_server(pieces: list[bytes], received: list | None = None):
     """A real loopback HTTP endpoint that answers every request with ``pieces``, sent apart.
 
     Each piece goes out in its own TCP send after a pause, so an event can straddle two reads
-    of the client, as it may from a busy server.
+    of the client, as it may from a busy server. ``received`` collects each request's JSON body.
     """
     import time
 
@@ -172,6 +174,8 @@ def _sse_server(pieces: list[bytes]):
                                   if line.lower().startswith(b"content-length")))
                 while len(body) < length:
                     body += conn.recv(65536)
+                if received is not None:
+                    received.append(json.loads(body))
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
                 for piece in pieces:
                     time.sleep(0.02)
@@ -186,8 +190,6 @@ def _sse_server(pieces: list[bytes]):
 
 
 def _chunk(content: str | None, tokens: int, finish: str | None = None) -> bytes:
-    import json
-
     usage = {"prompt_tokens": 7, "completion_tokens": tokens, "total_tokens": 7 + tokens}
     choices = [] if content is None else [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]
     return b"data: " + json.dumps({"choices": choices, "usage": usage}).encode() + b"\n\n"
@@ -213,3 +215,39 @@ def test_events_split_across_reads_and_errors_inside_a_stream(samples, error_eve
         assert record.error == "StreamError: engine died" and record.output_tokens == 2
     else:
         assert record.error is None and (record.prompt_tokens, record.output_tokens) == (7, 2)
+
+
+def test_explicit_requests_carry_the_sampling_and_messages_requests_only_the_messages(samples) -> None:
+    defaults = ServerDefaults({"max_tokens": 16, "temperature": 0.7}, max_model_len=4096)
+    extra = {"chat_template_kwargs": {"enable_thinking": False}}
+    explicit = request_body("m", samples[0], _sampling(), extra, defaults)
+    sent = json.loads(explicit.data)
+    assert {k: sent[k] for k in ("temperature", "top_p", "top_k", "max_tokens")} == {
+        "temperature": 1.0, "top_p": 0.95, "top_k": 64, "max_tokens": 16}
+    assert sent["seed"] == explicit.seed and sent["chat_template_kwargs"] == {"enable_thinking": False}
+    assert explicit.sampling["temperature"] == 1.0 and explicit.limit(90) == (16, "request")
+    judged = request_body("m", samples[0], _sampling(send="messages"), extra, defaults)
+    assert set(json.loads(judged.data)) == {"model", "messages", "stream", "stream_options"}
+    assert judged.seed is None and judged.sampling["temperature"] == 0.7 and judged.sampling["top_k"] == 0
+    assert judged.limit(90) == (16, "generation_config")
+    assert request_body("m", samples[0], _sampling(send="messages"), {}).limit(90) == (None, None)  # defaults unknown
+
+
+def test_each_record_says_what_the_server_decoded_it_with(samples) -> None:
+    """A real loopback server answers; the limit follows the prompt length the server reported (7 tokens)."""
+    received: list = []
+    pieces = [_chunk("red", 1, "stop"), _chunk(None, 1), b"data: [DONE]\n\n"]
+    listener, stop, thread = _sse_server(pieces, received)
+    try:
+        defaults = ServerDefaults({"top_p": 0.9}, max_model_len=40)
+        target = ServerTarget(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", "key", "model", defaults)
+        [record] = replay(target, samples[:1], _workload(warmup_requests=0), _sampling(send="messages"),
+                          chat_template_kwargs={"enable_thinking": False}, show_progress=False).records
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert set(received[0]) == {"model", "messages", "stream", "stream_options"}
+    assert (record.max_tokens, record.max_tokens_from) == (33, "max_model_len")  # 40 - 7: no max_new_tokens
+    assert record.sampling == {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                               "temperature": 1.0, "top_p": 0.9, "top_k": 0, "min_p": 0.0, "seed": None}

@@ -76,3 +76,14 @@ def test_trust_remote_code_only_when_opted_in(tmp_path: Path) -> None:
     assert "trust-remote-code" not in args
     args, _ = _written(tmp_path, ["serve.trust_remote_code=true"], AVX2_CPU)
     assert args["trust-remote-code"] is True
+
+
+def test_length_levers_reach_vllm_as_chat_template_and_generation_override(tmp_path: Path, vllm_parser) -> None:
+    from harness.config.schema import TEMPLATES_DIR
+
+    _, path = _written(tmp_path, ["+variant=bf16_max_new16", "serve.chat_template=brevity"], L4)
+    ns = vllm_parser.parse_args(["--config", str(path)])
+    assert ns.chat_template == str(TEMPLATES_DIR / "brevity.jinja")  # absolute: the server runs in the run dir
+    assert ns.override_generation_config == {"max_new_tokens": 16}
+    args, _ = _written(tmp_path, ["+variant=bf16"], L4)
+    assert "chat-template" not in args and "override-generation-config" not in args  # the checkpoint's own

@@ -17,6 +17,8 @@ from harness.score.lmeval.settings import LmEvalConfig
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
+# Chat templates shipped with the harness: serve.chat_template=NAME picks TEMPLATES_DIR/NAME.jinja.
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "assets" / "templates"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class ServeConfig:
     limit_mm_per_prompt: Mapping[str, int] = field(default_factory=lambda: {"image": 1})
     max_soft_tokens: int | None = None
     chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    chat_template: str | None = None  # a Jinja file (--chat-template), made absolute by to_run_config
+    generation_config: Mapping[str, Any] = field(default_factory=dict)  # --override-generation-config
     trust_remote_code: bool = False
     cpu_kvcache_space_gib: int = 1
     env: Mapping[str, str] = field(default_factory=dict)
@@ -104,8 +108,16 @@ class WorkloadConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Decoding settings sent with every request; request i uses seed + i."""
+    """Decoding settings and which of them each request carries.
 
+    ``send``: "explicit" sends temperature, top_p, top_k, max_tokens and a seed derived from the
+    sample id with every request; "messages" sends only the model, the messages and the stream
+    options, as a judge who sends no sampling would: the server then fills every field from the
+    served checkpoint's generation_config.json (after serve.generation_config), else from vLLM's
+    defaults, and sizes answers by max_new_tokens or the context left (harness.serve.generation).
+    """
+
+    send: Literal["explicit", "messages"] = "explicit"
     temperature: float = 1.0
     top_p: float = 0.95
     top_k: int = 64
@@ -181,8 +193,40 @@ def to_run_config(cfg: Any) -> RunConfig:
     if isinstance(compress, Mapping):
         data = {**data, "compress": _compress_spec(compress)}
     run = build_dataclass(RunConfig, data)
+    if run.serve.chat_template is not None:
+        run = dataclasses.replace(run, serve=dataclasses.replace(
+            run.serve, chat_template=str(resolve_chat_template(run.serve.chat_template))))
     _check_values(run)
     return run
+
+
+def resolve_chat_template(value: str) -> Path:
+    """serve.chat_template as an absolute file: a path (relative ones from the directory the command
+    was run in, as Hydra's job.chdir is false), else the name of a template in TEMPLATES_DIR.
+
+    Raises:
+        ConfigError: neither a file nor a shipped template's name.
+    """
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else _original_cwd() / path
+    if path.is_file():
+        return path.resolve()
+    if (shipped := TEMPLATES_DIR / f"{value}.jinja").is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in TEMPLATES_DIR.glob("*.jinja")))
+    raise ConfigError(f"serve.chat_template={value}: no such file (relative paths are read from {_original_cwd()}): "
+                      f"give a Jinja chat template file or one of the shipped templates: {names}")
+
+
+def _original_cwd() -> Path:
+    """The directory the command was run in, even inside a Hydra job that changed directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        from hydra.utils import get_original_cwd
+
+        return Path(get_original_cwd())
+    return Path.cwd()
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.record.result import setup_section
+from harness.replay.stats import length_stats
 from harness.replay.tokens import joules_per_output_token
 
 # Sections of a run's resolved config that must match for energies to be compared; the
@@ -31,12 +33,15 @@ class Board:
         failed: one row per failed run (variant, run_id, started_at, error).
         groups: group label -> its setup description; runs of different groups are never
             ranked together.
+        lengths: one row per (group, variant, task): the output-token distribution of its
+            answers (`length_table`).
     """
 
     runs: Any
     table: Any
     failed: Any
     groups: Mapping[str, str]
+    lengths: Any = None
 
 
 def hardware_of(provenance: Mapping[str, Any]) -> str:
@@ -51,7 +56,7 @@ def hardware_of(provenance: Mapping[str, Any]) -> str:
 
 def setup_key(result) -> str:
     """A canonical string of everything that must match for two runs to be compared."""
-    setup = {k: result.config.get(k) for k in SETUP_SECTIONS}
+    setup = {k: setup_section(result.config, k) for k in SETUP_SECTIONS}
     setup["hardware"] = hardware_of(result.provenance)
     setup["energy_source"] = result.energy.source
     return json.dumps(setup, sort_keys=True, default=str)
@@ -61,10 +66,12 @@ def describe_setup(key: str) -> str:
     """One line naming the model, hardware, suite, sampling and energy source of a group."""
     s = json.loads(key)
     m, w, p = s.get("model") or {}, s.get("workload") or {}, s.get("sampling") or {}
+    sampling = (f"sampling T={p.get('temperature')} top_p={p.get('top_p')} top_k={p.get('top_k')} "
+                f"max_tokens={p.get('max_tokens')}" if p.get("send", "explicit") == "explicit" else
+                "requests carry messages only (sampling and max_tokens from the served generation config)")
     return (f"model {m.get('name')} ({m.get('path') or 'default path'}, {m.get('dtype')}); hardware {s['hardware']}; "
             f"suite {w.get('name')}/{w.get('split')} seed {w.get('seed')} limit {w.get('limit')} {w.get('mode')} "
-            f"c={w.get('concurrency')}; sampling T={p.get('temperature')} top_p={p.get('top_p')} "
-            f"top_k={p.get('top_k')} max_tokens={p.get('max_tokens')}; energy {s['energy_source']}")
+            f"c={w.get('concurrency')}; {sampling}; energy {s['energy_source']}")
 
 
 def _requests(run_dir: Path) -> list[dict[str, Any]]:
@@ -80,7 +87,9 @@ def run_row(result, run_dir: Path) -> dict[str, Any]:
     Suite energy = the mean suite-window energy over the run's complete trials (trial 1's
     window for a run without trials). J/request = suite energy / requests sent; J/output token
     = suite energy / output tokens of successful requests. Idle power = idle window energy / its
-    duration (model loaded, no request). p95s come from requests.jsonl.
+    duration (model loaded, no request). p95s and answer lengths (output tokens per successful
+    request, by task, with each request's effective max_tokens) come from requests.jsonl; the
+    decode share (attributed by time) from result.json.
     """
     energy, quality, gate = result.energy, result.quality, result.gate
     suite, idle = energy.window("suite"), energy.window("idle")
@@ -109,6 +118,7 @@ def run_row(result, run_dir: Path) -> dict[str, Any]:
         "ttft_ms_list": [r["ttft_ms"] for r in ok if r.get("ttft_ms") is not None],
         "latency_ms_list": [r["latency_ms"] for r in ok if r.get("latency_ms") is not None],
         "per_request_j": dict(energy.per_request_j), "task_of": task_of,
+        "lengths_by_task": _lengths_by_task(ok), "decode_share": energy.decode_share(),
     }
     ratios = (("quality_ratio", gate.overall if gate else {}), ("energy_ratio", gate.energy_ratio() if gate else {}))
     for prefix, ratio in ratios:
@@ -117,6 +127,16 @@ def run_row(result, run_dir: Path) -> dict[str, Any]:
     for task, value in (quality.per_task if quality else {}).items():
         row[f"quality_{task}"] = value
     return row
+
+
+def _lengths_by_task(ok: list[dict[str, Any]]) -> dict[str, list[tuple[int, int | None]]]:
+    """task -> (output tokens, effective max_tokens) of each successful request, and "all" for every one."""
+    by_task: dict[str, list[tuple[int, int | None]]] = {"all": []}
+    for r in ok:
+        pair = (int(r.get("output_tokens") or 0), r.get("max_tokens"))
+        by_task["all"].append(pair)
+        by_task.setdefault(str(r.get("task")), []).append(pair)
+    return by_task
 
 
 def load_runs(results_dir: Path | str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -190,6 +210,8 @@ def aggregate_variant(runs) -> dict[str, Any]:
     low, high, basis = _suite_energy_ci(runs)
     energy = runs["suite_energy_j"].astype(float)
     total_requests, total_tokens = runs["requests"].sum(), runs["output_tokens"].sum()
+    every = _length_stats([pair for by_task in runs["lengths_by_task"] for pair in by_task.get("all", ())])
+    shares = [float(v) for v in runs["decode_share"] if v is not None and v == v]
     row = {k: newest[k] for k in NEWEST_RUN_COLUMNS}
     row.update({
         "n_runs": len(runs), "run_ids": " ".join(runs["run_id"]),
@@ -203,10 +225,36 @@ def aggregate_variant(runs) -> dict[str, Any]:
         "ttft_ms_p50": _percentile(runs["ttft_ms_list"], 50), "ttft_ms_p95": _percentile(runs["ttft_ms_list"], 95),
         "latency_ms_p50": _percentile(runs["latency_ms_list"], 50),
         "latency_ms_p95": _percentile(runs["latency_ms_list"], 95),
+        "output_tokens_p50": every["median"], "output_tokens_p90": every["p90"], "output_tokens_max": every["max"],
+        "decode_share": sum(shares) / len(shares) if shares else None,
     })
     for column in sorted(c for c in runs.columns if c.startswith("quality_") and "ratio" not in c):
         row[column] = float(runs[column].astype(float).mean())
     return row
+
+
+def _length_stats(pairs: list[tuple[int, int | None]]) -> dict[str, Any]:
+    return length_stats([t for t, _ in pairs], [limit for _, limit in pairs if limit is not None])
+
+
+def length_table(runs):
+    """One row per (group, variant, task) with the output-token distribution of its answers.
+
+    Answers of every run of the variant in the group are pooled (trial 1 of each run, as
+    scored); task "all" pools the tasks. Answer length is energy: the suite total is not
+    normalised per token.
+    """
+    import pandas as pd
+
+    rows = []
+    for (group, variant), part in runs.groupby(["group", "variant"], sort=True):
+        pooled: dict[str, list] = {}
+        for by_task in part["lengths_by_task"]:
+            for task, pairs in by_task.items():
+                pooled.setdefault(task, []).extend(pairs)
+        for task in sorted(pooled, key=lambda t: (t != "all", t)):
+            rows.append({"group": group, "variant": variant, "task": task, **_length_stats(pooled[task])})
+    return pd.DataFrame(rows)
 
 
 def rank(table):
@@ -231,14 +279,14 @@ def build_board(results_dir: Path | str, *, model: str | None = None, hardware: 
     ok, failed = load_runs(results_dir)
     runs, failed = (_filtered(pd.DataFrame(rows), model, hardware, workload) for rows in (ok, failed))
     if runs.empty:
-        return Board(runs, pd.DataFrame(), failed, {})
+        return Board(runs, pd.DataFrame(), failed, {}, pd.DataFrame())
     # Largest group first: G1 is the comparison most runs share.
     order = runs["setup"].value_counts(sort=True).index
     labels = {key: f"G{i + 1}" for i, key in enumerate(order)}
     runs["group"] = runs["setup"].map(labels)
     rows = [aggregate_variant(part) for _, part in runs.groupby(["group", "variant"], sort=True)]
     groups = {label: describe_setup(key) for key, label in labels.items()}
-    return Board(runs, rank(pd.DataFrame(rows)), failed, groups)
+    return Board(runs, rank(pd.DataFrame(rows)), failed, groups, length_table(runs))
 
 
 def _filtered(runs, model: str | None, hardware: str | None, workload: str | None):

@@ -14,14 +14,16 @@ from harness.leaderboard.data import Board, build_board
 COLUMNS = (
     "rank", "variant", "group", "model", "hardware", "energy_source", "energy_flags", "n_runs",
     "suite_energy_j", "suite_energy_j_ci_low", "suite_energy_j_ci_high", "suite_energy_j_std", "suite_energy_ci_basis",
-    "j_per_request", "j_per_output_token", "idle_power_w", "output_tokens_per_request", "output_tok_per_s",
+    "j_per_request", "j_per_output_token", "idle_power_w", "output_tokens_per_request", "output_tokens_p50",
+    "output_tokens_p90", "output_tokens_max", "decode_share", "output_tok_per_s",
     "ttft_ms_p50", "ttft_ms_p95", "latency_ms_p50", "latency_ms_p95", "quality_overall",
     "quality_ratio", "quality_ratio_ci_low", "quality_ratio_ci_high",
     "energy_ratio", "energy_ratio_ci_low", "energy_ratio_ci_high", "gate", "run_ids",
 )
 # The terminal shows fewer columns; the files hold them all.
 CONSOLE_COLUMNS = {"rank": "rank", "variant": "variant", "suite_energy": "suite J [95% CI]", "j_per_request": "J/req",
-                   "j_per_output_token": "J/tok", "idle_power_w": "idle W", "output_tok_per_s": "tok/s",
+                   "j_per_output_token": "J/tok", "idle_power_w": "idle W", "output_tokens_p90": "answer p90",
+                   "decode_share": "decode", "output_tok_per_s": "tok/s",
                    "latency_ms_p95": "p95 ms", "quality_overall": "quality", "quality_ratio": "q ratio [CI]",
                    "gate": "gate"}
 
@@ -85,6 +87,9 @@ def markdown(board: Board, plots: list[Path]) -> str:
             lines += [f"Not ranked with G1: differs in {diffs[group]}.", ""]
         lines += _md_table(table[table["group"] == group].drop(columns=["group"]))
         lines.append("")
+        lengths = _group_lengths(board, group)
+        if lengths is not None:
+            lines += [f"Answer length in {group}: output tokens per answer, by task", ""] + _md_table(lengths) + [""]
     if not board.failed.empty:
         lines += ["## Failed runs (not ranked)", ""] + _md_table(board.failed) + [""]
     lines += [
@@ -99,6 +104,13 @@ def markdown(board: Board, plots: list[Path]) -> str:
         "- quality_ratio: variant / baseline with its 95% paired bootstrap interval over items (newest run); "
         "energy_ratio: variant / baseline suite energy over the newest run's paired trials, with a 95% "
         "t-interval over those trials (none with one trial: no gap is claimed).",
+        "- output_tokens_p50/p90/max: output tokens per successful request (the server's count), pooled over "
+        "the variant's runs; the answer-length tables give them by task with n, mean and the effective "
+        "max_tokens (what vLLM capped each answer at: sent, or from the served generation config, or the "
+        "context left). The suite's energy is not normalised per token: longer answers cost energy.",
+        "- decode_share: share of the suite window's time, and so of its energy, attributed to decoding "
+        "answers (each instant split among the requests in flight; decode after a request's first token); "
+        "an attribution by time, not a separate meter reading. '-' for runs recorded before it existed.",
         "- energy_flags: integrity flags of any suite window (counter stuck or disagreeing with power, a warm "
         "cache, ...): a flagged row is ranked but its energy is suspect; read the run's result.json.",
         "- gate: the CI verdict (pass: lower bound >= threshold; fail: upper bound below; else uncertain) and "
@@ -106,6 +118,14 @@ def markdown(board: Board, plots: list[Path]) -> str:
     ]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _group_lengths(board: Board, group: str):
+    """The answer-length rows of one group, without the group column (None when there are none)."""
+    lengths = board.lengths
+    if lengths is None or lengths.empty:
+        return None
+    return lengths[lengths["group"] == group].drop(columns=["group"])
 
 
 def _md_table(frame) -> list[str]:
@@ -157,16 +177,20 @@ def write_plots(board: Board, results_dir: Path, out: Path, trace_run: str | Non
 
 
 def write_outputs(board: Board, results_dir: Path, out: Path, trace_run: str | None = None) -> list[Path]:
-    """Writes leaderboard.csv, leaderboard.md and the PNG plots into `out`; returns their paths."""
+    """Writes leaderboard.csv, lengths.csv (answer length by task), leaderboard.md and the PNG plots
+    into `out`; returns their paths."""
     from harness.record.atomic import write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(board, results_dir, out, trace_run) if not board.table.empty else []
     csv_text = export_table(board).to_csv(index=False) if not board.table.empty else ""
-    csv_path, md_path = out / "leaderboard.csv", out / "leaderboard.md"
+    lengths = board.lengths
+    lengths_text = lengths.to_csv(index=False) if lengths is not None and not lengths.empty else ""
+    csv_path, lengths_path, md_path = out / "leaderboard.csv", out / "lengths.csv", out / "leaderboard.md"
     write_text_atomic(csv_path, csv_text)
+    write_text_atomic(lengths_path, lengths_text)
     write_text_atomic(md_path, markdown(board, plots))
-    return [csv_path, md_path, *plots]
+    return [csv_path, lengths_path, md_path, *plots]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -38,7 +38,9 @@ class ServePart(_Part):
     ``platform``: what the machine offered, in words; ``fallbacks``: each setting the
     platform replaced, with the reason; ``cache_config``: vLLM's own cache_config_info labels
     (what prefix caching and the KV cache really used); ``model_dir``: the checkpoint served;
-    ``unservable``: for an offline run, why no server could run it here.
+    ``unservable``: for an offline run, why no server could run it here; ``changes_from_base``:
+    how the generation config and chat template served differ from the base model's, each with
+    what it changes (harness.serve.generation.changes_from_base).
     """
 
     effective: Mapping[str, Any] = field(default_factory=dict)
@@ -47,6 +49,7 @@ class ServePart(_Part):
     cache_config: Mapping[str, str] = field(default_factory=dict)
     model_dir: str | None = None
     unservable: str | None = None
+    changes_from_base: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class EnergyPart(_Part):
 
     ``windows``: Window.to_dict() of the idle window, trial 1's suite and steady windows and
     lm-eval's; ``trials``: one record per trial (its suite and steady windows, idle power,
-    active energy, cache counts, steady tokens); ``suite_j_mean``/``suite_j_sd``: over the
+    active energy, cache counts, steady tokens, and ``decode``: the suite's time and energy split
+    into decode and the rest, attributed by time, harness.record.decode); ``suite_j_mean``/``suite_j_sd``: over the
     complete trials; ``partial``: a resumed or cut-short run (never compared or ranked).
     """
 
@@ -78,6 +82,12 @@ class EnergyPart(_Part):
     def trial_suite_j(self) -> list[float]:
         """Suite-window energy of each complete trial, in trial order."""
         return [t["suite"]["energy_j"] for t in self.trials if t.get("suite") and t["suite"].get("name") == "suite"]
+
+    def decode_share(self) -> float | None:
+        """Mean over complete trials of the suite time share attributed to decoding (harness.record.decode)."""
+        shares = [t["decode"]["decode_share"] for t in self.trials
+                  if t.get("decode") and t.get("suite") and t["suite"].get("name") == "suite"]
+        return sum(shares) / len(shares) if shares else None
 
     def flags(self) -> list[str]:
         """Integrity flags of any suite window (every trial's and trial 1's), each once."""

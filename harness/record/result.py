@@ -150,7 +150,8 @@ class RunResult:
     ``serve``, ``energy``, ``quality`` and ``gate`` are the typed parts of harness.record.parts;
     given as mappings (as read from result.json, or built by hand in a test) they are converted
     on construction. ``quality`` is None when nothing was scored, ``gate`` when there was no
-    gate (the baseline itself, or no comparable baseline).
+    gate (the baseline itself, or no comparable baseline). ``lengths``: the output-token
+    distribution of trial 1's answers per task (harness.replay.stats.output_lengths).
     """
 
     run_id: str
@@ -168,6 +169,7 @@ class RunResult:
     counts: Counts | None
     gate: GatePart | None = None
     error: str | None = None
+    lengths: Mapping[str, Mapping[str, Any]] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -237,9 +239,19 @@ def runs_newest_first(results_dir: Path | str, variant: str,
         yield row, result
 
 
+# Keys added to a setup section after runs were recorded, with the value those older runs had in effect.
+SETUP_DEFAULTS = {"sampling": {"send": "explicit"}}
+
+
+def setup_section(config: Mapping[str, Any], key: str) -> Any:
+    """One SAME_SETUP section of a resolved config, keys added since a run was recorded filled in."""
+    section = config.get(key)
+    return {**SETUP_DEFAULTS[key], **section} if key in SETUP_DEFAULTS and isinstance(section, Mapping) else section
+
+
 def same_setup(config: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
     """Whether two resolved configs share model, workload and sampling (SAME_SETUP)."""
-    return all(config.get(k) == other.get(k) for k in SAME_SETUP)
+    return all(setup_section(config, k) == setup_section(other, k) for k in SAME_SETUP)
 
 
 def load_result(run_dir: Path | str) -> RunResult:
@@ -270,6 +282,7 @@ def flat_row(result: RunResult) -> dict[str, Any]:
     compared = (gate.energy if gate else None) or {}
     latency, throughput, counts = result.latency, result.throughput, result.counts
     trial_j = energy.trial_suite_j()
+    length = (result.lengths or {}).get("all") or {}
     row = {
         "schema_version": result.schema_version,
         "run_id": result.run_id,
@@ -313,6 +326,11 @@ def flat_row(result: RunResult) -> dict[str, Any]:
         "requests": counts.requests if counts else None,
         "request_errors": counts.errors if counts else None,
         "output_tokens": counts.output_tokens if counts else None,
+        # per successful request of trial 1 (server usage); decode share: attributed by time (harness.record.decode)
+        "output_tokens_p50": length.get("median"),
+        "output_tokens_p90": length.get("p90"),
+        "output_tokens_max": length.get("max"),
+        "decode_share": energy.decode_share(),
         # suite window energy / server-reported output tokens of successful requests (harness.replay.tokens)
         "suite_j_per_output_token": joules_per_output_token(suite.get("energy_j"),
                                                             counts.output_tokens if counts else None),

@@ -129,6 +129,29 @@ def _speed_lines(result: RunResult) -> list[str]:
     return lines
 
 
+def _length_lines(result: RunResult) -> list[str]:
+    """Answer length per task (trial 1, server-counted output tokens), its limit, and the decode share."""
+    lengths = result.lengths or {}
+    lines = []
+    if lengths.get("all", {}).get("n"):
+        every = lengths["all"]
+        limit = ("" if every.get("max_tokens_max") is None else f"; max_tokens {every['max_tokens_min']}-"
+                 f"{every['max_tokens_max']} (set by {', '.join(every['max_tokens_from'])})")
+        tasks = ", ".join(f"{task} {_num(s['mean'], '.1f')}/{_num(s['p90'], '.0f')}/{s['max']}"
+                          for task, s in lengths.items() if task != "all" and s.get("n"))
+        lines.append(f"Answer length (output tokens mean/p90/max): all {_num(every['mean'], '.1f')}/"
+                     f"{_num(every['p90'], '.0f')}/{every['max']}; {tasks}{limit}")
+    share = result.energy.decode_share()
+    if share is not None:
+        lines.append(f"Decode: {share:.0%} of suite time and energy (attributed by time over the trials' windows, "
+                     "not a separate meter reading)")
+    return [escape(line) for line in lines]
+
+
+def _change_lines(serve: ServePart) -> list[str]:
+    return [escape(f"Differs from the base model: {change}") for change in serve.changes_from_base]
+
+
 def _fallback_lines(serve: ServePart) -> list[str]:
     return [
         escape(f"Fallback: {fb['setting']} {fb['requested']} -> {fb['effective']} ({fb['reason']})")
@@ -157,7 +180,8 @@ def print_summary(result: RunResult, run_dir: Path | str | None = None, console:
             console.print(zero_line)
     trials = _trials_line(result.energy)
     lines = [trials] if trials else []
-    for line in lines + _gate_lines(result.gate) + _speed_lines(result) + _fallback_lines(result.serve):
+    for line in (lines + _gate_lines(result.gate) + _speed_lines(result) + _length_lines(result)
+                 + _fallback_lines(result.serve) + _change_lines(result.serve)):
         console.print(line)
     if run_dir is not None:
         console.print(f"Run directory: {run_dir}")

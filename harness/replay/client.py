@@ -17,6 +17,7 @@ from typing import Any
 from harness.config.schema import SamplingConfig, WorkloadConfig
 from harness.energy.clock import now
 from harness.replay.tokens import STREAM_OPTIONS, usage_tokens
+from harness.serve.generation import ServerDefaults
 from harness.serve.vllm import ServerTarget
 
 
@@ -31,6 +32,13 @@ class RequestRecord:
     do not yet decode to text rides with a later one, so there can be fewer gaps than
     output_tokens - 1). Token counts are the server's own usage figures; zero when the
     request failed before usage arrived.
+
+    ``max_tokens`` and ``sampling`` are what the server decoded the request with, derived as
+    vLLM 0.32 derives them (harness.serve.generation: the field the request sent, else the
+    served checkpoint's generation config, else vLLM's default; max_tokens also bounded by the
+    context left after the prompt), since vLLM echoes neither. ``max_tokens_from`` names what
+    set the limit: "request", "generation_config", "override_generation_config" or
+    "max_model_len". None when the server's defaults or the prompt length are unknown.
     """
 
     id: str
@@ -48,6 +56,9 @@ class RequestRecord:
     seed: int | None = None  # the sampling seed sent (sample_seed of the sample's id)
     # (ms after sending, completion tokens so far) at each chunk with new tokens, from the server's usage
     usage_ms: tuple[tuple[float, int], ...] = ()
+    max_tokens: int | None = None
+    max_tokens_from: str | None = None
+    sampling: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +122,7 @@ async def replay_async(
     """The coroutine behind :func:`replay`, for callers already inside an event loop."""
     import aiohttp  # lazy: keeps `import harness` light
 
-    extra: dict[str, Any] = {"top_k": sampling.top_k}
+    extra: dict[str, Any] = {}
     if sampling.ignore_eos:
         extra["ignore_eos"] = True
     if chat_template_kwargs:
@@ -120,7 +131,7 @@ async def replay_async(
     # Every request body is built, images encoded and JSON serialised, before the clock starts:
     # PNG + base64 + dumping a long data URL is client CPU work that would otherwise compete
     # with the server inside the measured window (2 cores here).
-    bodies = [request_body(target.model_name, s, sampling, extra) for s in samples]
+    bodies = [request_body(target.model_name, s, sampling, extra, target.defaults) for s in samples]
     url = target.base_url.rstrip("/") + "/chat/completions"
     headers = {"Authorization": f"Bearer {target.api_key}", "Content-Type": "application/json",
                "Accept": "text/event-stream"}
@@ -132,7 +143,8 @@ async def replay_async(
         async def send(index: int, sample: Any) -> RequestRecord:
             return await _send(session, url, sample, bodies[index])
 
-        warm = [await _send(session, url, s, request_body(target.model_name, s, sampling, extra)) for s in warmup]
+        warm = [await _send(session, url, s, request_body(target.model_name, s, sampling, extra, target.defaults))
+                for s in warmup]
         # Everything alive now (imported libraries, the suite, the bodies) is set aside from the
         # garbage collector for the window: a full collection would otherwise walk all of it
         # in the middle of the stream, a pause of the client the server would wait through.
@@ -199,21 +211,37 @@ def sample_seed(base: int, sample_id: Any) -> int:
     return (base + int.from_bytes(digest[:4], "big")) % 2**31
 
 
-def request_body(model: str, sample: Any, sampling: SamplingConfig, extra: Mapping[str, Any]) -> _Body:
-    """One streamed chat completion request for ``sample``, serialised: (JSON bytes, seed sent)."""
-    seed = sample_seed(sampling.seed, sample.id)
-    body = {
-        "model": model, "messages": chat_messages(sample), "stream": True, "stream_options": STREAM_OPTIONS,
-        "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
-        "seed": seed, **extra,
-    }
-    return _Body(json.dumps(body, separators=(",", ":")).encode("utf-8"), seed)
+def request_body(model: str, sample: Any, sampling: SamplingConfig, extra: Mapping[str, Any],
+                 defaults: ServerDefaults | None = None) -> _Body:
+    """One streamed chat completion request for ``sample``, serialised, with what the server will decode it with.
+
+    ``sampling.send`` "explicit": the sampling fields, a seed derived from the sample id and
+    ``extra`` (ignore_eos, chat_template_kwargs); "messages": model, messages and stream options
+    only, as the judges may send them (the server's defaults, ``defaults``, fill the rest).
+    """
+    body = {"model": model, "messages": chat_messages(sample), "stream": True, "stream_options": STREAM_OPTIONS}
+    sent: dict[str, Any] = {}
+    if sampling.send == "explicit":
+        sent = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+                "max_tokens": sampling.max_tokens, "seed": sample_seed(sampling.seed, sample.id)}
+        body.update(sent, **extra)
+    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return _Body(data, sent.get("seed"), sent.get("max_tokens"), defaults and defaults.effective(sent), defaults)
 
 
 @dataclass(frozen=True)
 class _Body:
+    """A serialised request, the seed and max_tokens it sent, and the sampling it will be decoded with."""
+
     data: bytes
     seed: int | None
+    max_tokens: int | None = None
+    sampling: Mapping[str, Any] | None = None
+    defaults: ServerDefaults | None = None
+
+    def limit(self, prompt_tokens: int) -> tuple[int | None, str | None]:
+        """(effective max_tokens, what set it), once the server has told the prompt's length."""
+        return self.defaults.max_tokens(self.max_tokens, prompt_tokens) if self.defaults else (None, None)
 
 
 def image_data_url(image: Any) -> str:
@@ -253,7 +281,7 @@ async def _send(session: Any, url: str, sample: Any, body: _Body) -> RequestReco
     """
     import aiohttp
 
-    state = _StreamState(now(), time.perf_counter(), body.seed)
+    state = _StreamState(now(), time.perf_counter(), body)
     try:
         async with session.post(url, data=body.data) as response:
             if response.status != 200:
@@ -302,8 +330,8 @@ def _http_error(status: int, raw: bytes) -> str:
 class _StreamState:
     """Accumulates one streamed response: text, chunk arrival times, usage, finish reason."""
 
-    def __init__(self, wall_start_s: float, start: float, seed: int | None) -> None:
-        self.wall_start_s, self.start, self.seed = wall_start_s, start, seed
+    def __init__(self, wall_start_s: float, start: float, body: _Body) -> None:
+        self.wall_start_s, self.start, self.body = wall_start_s, start, body
         self.text: list[str] = []
         self.arrivals: list[float] = []
         self.finish_reason: str | None = None
@@ -338,14 +366,16 @@ class _StreamState:
         end = time.perf_counter()
         first = self.arrivals[0] if self.arrivals else None
         gaps = tuple((b - a) * 1e3 for a, b in zip(self.arrivals, self.arrivals[1:]))
+        body = self.body
+        limit, limit_from = body.limit(self.prompt_tokens)
         return RequestRecord(
             id=str(sample.id), task=str(sample.task), prompt_tokens=self.prompt_tokens,
             output_tokens=self.output_tokens,
             ttft_ms=None if first is None else (first - self.start) * 1e3,
             latency_ms=(end - self.start) * 1e3, itl_ms=gaps, output_text="".join(self.text),
             finish_reason=self.finish_reason, error=error,
-            start_s=self.wall_start_s, end_s=self.wall_start_s + (end - self.start), seed=self.seed,
-            usage_ms=tuple(self.usage_ms),
+            start_s=self.wall_start_s, end_s=self.wall_start_s + (end - self.start), seed=body.seed,
+            usage_ms=tuple(self.usage_ms), max_tokens=limit, max_tokens_from=limit_from, sampling=body.sampling,
         )
 
 

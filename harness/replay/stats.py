@@ -1,10 +1,10 @@
-"""Latency percentiles, throughput and counts of a run's replay records."""
+"""Latency percentiles, throughput, counts and answer lengths of a run's replay records."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from harness.replay.tokens import output_tokens as count_output_tokens
 
@@ -17,6 +17,14 @@ class TimedRecord(Protocol):
     itl_ms: Sequence[float]
     finish_reason: str | None
     error: str | None
+
+
+class SizedRecord(Protocol):
+    task: str
+    output_tokens: int
+    error: str | None
+    max_tokens: int | None
+    max_tokens_from: str | None
 
 
 @dataclass(frozen=True)
@@ -107,3 +115,34 @@ def summarize_requests(records: Sequence[TimedRecord],
         output_tokens=output_tokens,
     )
     return latency, throughput, counts
+
+
+def output_lengths(records: Sequence[SizedRecord]) -> dict[str, dict[str, Any]]:
+    """Answer length as the server counted it: per task, the output tokens of the successful requests.
+
+    Each task (and "all") gets n, mean, median, p90 (linear interpolation) and max output tokens
+    per request, and the effective max_tokens limits those requests had (min and max over them,
+    with what set them; see RequestRecord.max_tokens). Answer length is energy: the suite's
+    total is not normalised per token.
+    """
+    ok = [r for r in records if r.error is None]
+    tasks = {"all": ok}
+    for r in ok:
+        tasks.setdefault(r.task, []).append(r)
+    return {task: {**length_stats([r.output_tokens for r in group],
+                                  [r.max_tokens for r in group if r.max_tokens is not None]),
+                   "max_tokens_from": sorted({r.max_tokens_from for r in group if r.max_tokens_from})}
+            for task, group in sorted(tasks.items(), key=lambda kv: (kv[0] != "all", kv[0]))}
+
+
+def length_stats(tokens: Sequence[int], limits: Sequence[int] = ()) -> dict[str, Any]:
+    """n, mean, median, p90 (linear interpolation) and max of output tokens per request, and the
+    lowest and highest effective max_tokens those requests had (None where unknown)."""
+    import numpy as np
+
+    stats = {"n": len(tokens), "mean": None, "median": None, "p90": None, "max": None,
+             "max_tokens_min": min(limits) if limits else None, "max_tokens_max": max(limits) if limits else None}
+    if tokens:
+        median, p90 = np.percentile(tokens, [50, 90])
+        stats.update(mean=float(np.mean(tokens)), median=float(median), p90=float(p90), max=int(max(tokens)))
+    return stats

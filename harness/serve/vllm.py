@@ -18,6 +18,7 @@ from typing import Any
 from harness.config.schema import ServeConfig
 from harness.errors import ServerError
 from harness.serve.capabilities import Platform, check_plugin_support, default_enforce_eager, detect_platform
+from harness.serve.generation import ServerDefaults, server_defaults
 
 CONFIG_NAME = "vllm_config.yaml"
 LOG_NAME = "server.log"
@@ -31,11 +32,16 @@ _HANDLERS_INSTALLED = False
 
 @dataclass(frozen=True)
 class ServerTarget:
-    """Where a running server answers: OpenAI base URL, API key and served model name."""
+    """Where a running server answers: OpenAI base URL, API key and served model name.
+
+    ``defaults``: what the server fills into a request that leaves sampling out (None when
+    unknown: a model that is not a local folder, or a server the harness did not start).
+    """
 
     base_url: str
     api_key: str
     model_name: str
+    defaults: ServerDefaults | None = None
 
 
 def vllm_args(model_path: str | Path, serve: ServeConfig, *, served_model_name: str,
@@ -61,6 +67,8 @@ def vllm_args(model_path: str | Path, serve: ServeConfig, *, served_model_name: 
         "limit-mm-per-prompt": dict(serve.limit_mm_per_prompt) or None,
         "mm-processor-kwargs": mm_kwargs,
         "default-chat-template-kwargs": dict(serve.chat_template_kwargs) or None,
+        "chat-template": serve.chat_template,
+        "override-generation-config": dict(serve.generation_config) or None,
         "trust-remote-code": True if serve.trust_remote_code else None,
     }
     return {key: value for key, value in args.items() if value is not None}
@@ -107,10 +115,11 @@ class VllmServer:
         self._dtype = dtype
         self._proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.defaults: ServerDefaults | None = None  # read once the server is ready
 
     @property
     def target(self) -> ServerTarget:
-        return ServerTarget(f"http://{self.serve.host}:{self.port}/v1", self.api_key, self.model_name)
+        return ServerTarget(f"http://{self.serve.host}:{self.port}/v1", self.api_key, self.model_name, self.defaults)
 
     @property
     def pgid(self) -> int | None:
@@ -163,7 +172,10 @@ class VllmServer:
         with httpx.Client(timeout=5.0) as client:
             while time.monotonic() < deadline:
                 self._raise_if_exited("during startup")
-                if _ready(client, root, headers, self.model_name):
+                if (card := _ready(client, root, headers, self.model_name)) is not None:
+                    # The checkpoint's generation config as this server read it, and its context length.
+                    self.defaults = server_defaults(self._model_path, self.serve.generation_config,
+                                                    card.get("max_model_len"))
                     return
                 time.sleep(_POLL_S)
         raise ServerError(
@@ -208,16 +220,19 @@ class VllmServer:
         return f"last {len(lines)} lines of {self.log_path}:\n" + "\n".join(lines)
 
 
-def _ready(client: Any, root: str, headers: dict[str, str], model_name: str) -> bool:
+def _ready(client: Any, root: str, headers: dict[str, str], model_name: str) -> dict[str, Any] | None:
+    """The served model's /v1/models entry once the server answers, else None."""
     import httpx
 
     try:
         if client.get(f"{root}/health").status_code != 200:
-            return False
+            return None
         models = client.get(f"{root}/v1/models", headers=headers)
     except httpx.TransportError:  # not listening yet
-        return False
-    return models.status_code == 200 and any(m.get("id") == model_name for m in models.json().get("data", []))
+        return None
+    if models.status_code != 200:
+        return None
+    return next((m for m in models.json().get("data", []) if m.get("id") == model_name), None)
 
 
 def stop_process_group(proc: subprocess.Popen) -> None:

@@ -29,8 +29,11 @@ from harness.tiny.tokenizer import SPECIAL, build_tokenizer
 EOT = SPECIAL["eot_token"]
 
 
-def encode(processor, samples, budget: int, with_answers: bool = True):
-    """Processor batch for `samples` at image budget `budget`; labels mark the answer and closing token only."""
+def encode(processor, samples, budget: int | None = None, with_answers: bool = True):
+    """Processor batch for `samples`; labels mark the answer and closing token only.
+
+    ``budget``: the image budget (max_soft_tokens) to render images at; None is the processor's own.
+    """
     import torch
 
     prompts = [
@@ -42,11 +45,11 @@ def encode(processor, samples, budget: int, with_answers: bool = True):
         for s in samples
     ]
     texts = [p + s.reference + EOT if with_answers else p for p, s in zip(prompts, samples)]
-    batch = processor(text=texts, images=[[s.image] for s in samples], return_tensors="pt", padding=True,
-                      max_soft_tokens=budget)
+    sized = {} if budget is None else {"max_soft_tokens": budget}
+    batch = processor(text=texts, images=[[s.image] for s in samples], return_tensors="pt", padding=True, **sized)
     labels = torch.full_like(batch["input_ids"], -100)
     for row, prompt in enumerate(prompts):
-        start = len(processor(text=[prompt], images=[[samples[row].image]], max_soft_tokens=budget)["input_ids"][0])
+        start = len(processor(text=[prompt], images=[[samples[row].image]], **sized)["input_ids"][0])
         end = int(batch["attention_mask"][row].sum())
         labels[row, start:end] = batch["input_ids"][row, start:end]
     batch["labels"] = labels
