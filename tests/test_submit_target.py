@@ -246,3 +246,19 @@ def test_a_chat_template_file_of_this_machine_travels_in_the_folder(tmp_path):
     place_chat_template(cfg, tmp_path)
     assert cfg["chat-template"] == "brevity.jinja"
     assert (tmp_path / "brevity.jinja").read_text() == Path(run.serve.chat_template).read_text()
+
+
+def test_card_flags_a_generation_config_that_differs_from_the_base_model(submitted, tmp_path):
+    from harness.submit.prepare import changes_for_judges
+
+    out, _ = submitted
+    card = (out / "README.md").read_text()
+    section = card.split("## Generation config and chat template against the base model")[1].split("\n## ")[0]
+    assert "Unchanged" in section  # fp8 keeps the base model's generation config and template
+    folder = tmp_path / "changed"
+    shutil.copytree(out, folder)
+    gen = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**gen, "max_new_tokens": 16}))
+    changes = changes_for_judges(compose(["+variant=fp8"]), folder, yaml.safe_load(
+        (folder / "vllm_config.yaml").read_text()))
+    assert len(changes) == 1 and "max_new_tokens" in changes[0] and "16" in changes[0]

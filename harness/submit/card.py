@@ -57,9 +57,26 @@ def _recipe_lines(folder: Path) -> list[str]:
     return lines
 
 
+def _length_lines(result) -> list[str]:
+    """Answer length per task (output tokens, trial 1): energy is summed over the suite, so length is energy."""
+    lengths = result.lengths or {}
+    if not lengths:
+        return []
+    lines = ["Answer length (output tokens per answer, trial 1; longer answers cost more energy):", "",
+             "| task | n | mean | median | p90 | max | max_tokens (set by) |", "|---|---|---|---|---|---|---|"]
+    for task, d in sorted(lengths.items(), key=lambda kv: kv[0] == "all"):
+        low, high = d.get("max_tokens_min"), d.get("max_tokens_max")
+        limit = "-" if low is None else f"{low}" if low == high else f"{low}-{high}"
+        limit += f" ({', '.join(d['max_tokens_from'])})" if d.get("max_tokens_from") else ""
+        lines.append(f"| {task} | {d.get('n')} | {_num(d.get('mean'))} | {_num(d.get('median'))} | "
+                     f"{_num(d.get('p90'))} | {_num(d.get('max'))} | {limit} |")
+    return [*lines, ""]
+
+
 def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline_row: Mapping[str, Any] | None,
                overrides: list[str], size_bytes: int, built: Sequence[str] = (),
-               validation: Sequence[str] | None = None, submit_args: Sequence[str] = ()) -> str:
+               validation: Sequence[str] | None = None, submit_args: Sequence[str] = (),
+               changes: Sequence[str] = ()) -> str:
     """README.md text for the submission folder.
 
     Args:
@@ -72,6 +89,8 @@ def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline
         built: what the folder was built for and how it differs from what the run served.
         validation: what the check of the folder ran (None: not checked yet).
         submit_args: options of `python -m harness.submit` beyond the overrides (e.g. --target).
+        changes: how the folder's generation config and chat template differ from the base
+            model's, each with what it changes for requests that leave sampling out.
     """
     cfg = result.config
     model, workload, sampling = cfg.get("model", {}), cfg.get("workload", {}), cfg.get("sampling", {})
@@ -85,6 +104,9 @@ def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline
         (folder / "vllm_config.yaml").read_text(encoding="utf-8").rstrip(), "```", "",
         "Serve it from inside this folder: `vllm serve --config vllm_config.yaml --port 8000`.", "",
         "## Built for", "", *[f"- {line}" for line in built], "",
+        "## Generation config and chat template against the base model", "",
+        *([f"- {line}" for line in changes] or ["Unchanged: the judges' server decodes as it would the base model."]),
+        "",
         "## Validation", "",
         *([f"- {line}" for line in validation] if validation is not None
           else ["Not validated yet: `python -m harness.submit` rewrites this section after its check."]), "",
@@ -98,6 +120,7 @@ def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline
         f"Trials: {len(result.energy.trials)} (suite energy is their mean). Energy integrity flags: "
         f"{variant_row.get('energy_flags') or 'none'}.", "",
         *results_table(variant_row, baseline_row), "",
+        *_length_lines(result),
     ]
     if gate:
         lines += [

@@ -208,10 +208,25 @@ def make_submission(overrides: list[str], out: Path | None = None, target: str =
     baseline_row = run_row(load_result(base_dir), base_dir) if baseline_id and base_dir.is_dir() else None
     card = {"result": result, "variant_row": run_row(result, run_dir), "baseline_row": baseline_row,
             "overrides": reproducible(overrides), "size_bytes": folder_size_bytes(out),
+            "changes": changes_for_judges(run_cfg, out, cfg),
             "submit_args": ("--target", target) if target != DEFAULT_TARGET else ()}
     submission = Submission(out, gpu, host, expect, built, card)
     write_card(submission, None)
     return submission
+
+
+def changes_for_judges(run_cfg: RunConfig, folder: Path, cfg: dict[str, Any]) -> list[str]:
+    """How the folder's generation config and chat template change what the judges' server does,
+    against the base model the variant was built from (harness.serve.generation.changes_from_base)."""
+    from harness.build.variant import local_model_dir
+    from harness.errors import BuildError
+    from harness.serve.generation import changes_from_base
+
+    try:
+        base = local_model_dir(run_cfg.model.resolved_path())
+    except BuildError as err:
+        return [f"not checked: the base model is not available here ({err})"]
+    return [str(change) for change in changes_from_base(folder, base, cfg)]
 
 
 def write_card(submission: Submission, validation: tuple[str, ...] | None) -> None:
