@@ -35,7 +35,7 @@ def _checkpoint(tmp: Path, tiny: Path, name: str, **generation) -> Path:
 def folders(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("generation")
     return {"base": tiny_model_dir,
-            "max16": _checkpoint(tmp, tiny_model_dir, "max16", max_new_tokens=16, temperature=0.7, top_k=64)}
+            "max16": _checkpoint(tmp, tiny_model_dir, "max16", max_new_tokens=16, temperature=0.7, top_k=40)}
 
 
 OVERRIDES = [{}, {"max_new_tokens": 4}, {"max_new_tokens": None, "top_p": 0.9, "min_p": 0.05}]
@@ -86,7 +86,8 @@ def test_generation_config_is_read_as_vllm_reads_it(folders, tmp_path, tiny_mode
     for folder in (folders["base"], folders["max16"], no_file):
         theirs = try_get_generation_config(str(folder), trust_remote_code=False).to_diff_dict()
         assert generation_config(folder) == {k: v for k, v in theirs.items() if k in GENERATION_KEYS}
-    assert generation_config(folders["max16"]) == {"max_new_tokens": 16, "temperature": 0.7, "top_k": 64}
+    assert generation_config(folders["max16"]) == {**generation_config(folders["base"]), "max_new_tokens": 16,
+                                                   "temperature": 0.7, "top_k": 40}
     assert generation_config(no_file) == {}
 
 
@@ -95,7 +96,8 @@ def test_a_checkpoints_max_new_tokens_is_flagged_with_what_it_changes(folders) -
     by_key = {c.key: c for c in changes}
     assert set(by_key) == {"max_new_tokens", "temperature", "top_k"}
     assert "max_new_tokens 16 caps every answer the judges do not size" in str(by_key["max_new_tokens"])
-    assert "temperature 0.7 (base model: unset)" in str(by_key["temperature"])
+    base_temperature = generation_config(folders["base"]).get("temperature", "unset")
+    assert f"temperature 0.7 (base model: {base_temperature})" in str(by_key["temperature"])
     assert changes_from_base(folders["base"], folders["base"]) == []
     # The same checkpoint given as its own base changes nothing; a null override restores the base's behaviour.
     assert changes_from_base(folders["max16"], folders["max16"]) == []

@@ -101,7 +101,11 @@ def test_messages_mode_records_the_servers_limit_on_every_request(lever_runs):
     assert result["config"]["sampling"]["send"] == "messages"
     rows = [json.loads(line) for line in (run_dir / "requests.jsonl").read_text().splitlines()]
     assert {(r["max_tokens"], r["max_tokens_from"]) for r in rows} == {(16, "override_generation_config")}
-    assert {r["sampling"]["top_k"] for r in rows} == {0}  # the tiny checkpoint's generation_config sets none
+    from harness.serve.generation import generation_config
+    from harness.tiny import DEFAULT_MODEL_DIR
+
+    # what the tiny checkpoint's generation_config.json sets, else vLLM's default (0: off)
+    assert {r["sampling"]["top_k"] for r in rows} == {generation_config(DEFAULT_MODEL_DIR).get("top_k", 0)}
     _, baseline = _newest(lever_runs, "bf16")
     assert baseline["config"]["sampling"]["send"] == "messages"  # its baseline was sent the same requests
 

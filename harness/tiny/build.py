@@ -20,6 +20,9 @@ MAX_SOFT_TOKENS = 70  # the default image budget (Gemma 4's smallest): 384x384 p
 # The budgets the tiny model is trained at (Gemma 4's 70, 140 and 280): a budget sweep on the
 # embedded default then shows the real trade-off instead of an untrained input size.
 TRAINED_BUDGETS = (70, 140, 280)
+# Gemma 4's own generation_config.json sampling (the competition's settings): a request that
+# leaves sampling out (sampling.send=messages) is decoded the way the real model's would be.
+GENERATION_DEFAULTS = {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 64}
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ def build_processor(tokenizer, spec: TinySpec):
 def save_model(model, processor, out_dir: Path) -> Path:
     """Saves weights, tokenizer, processor and the vision budget vLLM reads from config.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    model.generation_config.update(**GENERATION_DEFAULTS)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     cfg_path = out_dir / "config.json"
