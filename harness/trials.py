@@ -178,6 +178,8 @@ def _serving(arm: Arm, say, reset: bool, trace: str) -> Iterator[None]:
                 if arm.gpu is not None:
                     with contextlib.suppress(Exception):
                         arm.gpu["end"] = _gpu_state(meter)
+                    seen = arm.gpu.setdefault("warnings", [])  # other processes on the GPU, over all trials
+                    seen += [w for w in meter.warnings() if w not in seen]
                 with contextlib.suppress(MeterError, OSError, ValueError):
                     meter.write_trace(arm.root / trace)
                 arm.live = {}
@@ -301,9 +303,11 @@ def _gpu_state(meter) -> list[dict] | None:
 
 
 def meter_settings(run_cfg, server) -> dict[str, Any]:
-    """Settings for make_meter; the modeled meter watches the server's process tree."""
+    """Settings for make_meter: NVML reads the server's GPUs by UUID and flags processes outside its
+    process group there; the modeled meter watches the server's process tree."""
     e = run_cfg.energy
     # The config gives package power idle and with every core busy; the model wants watts
     # per busy core-second on top of idle.
     per_core_w = (e.cpu_active_w - e.cpu_idle_w) / (os.cpu_count() or 1)
-    return {"hz": e.sample_hz, "pid": server.pgid, "busy_core_w": per_core_w, "idle_w": e.cpu_idle_w}
+    return {"hz": e.sample_hz, "pid": server.pgid, "gpus": server.gpus, "busy_core_w": per_core_w,
+            "idle_w": e.cpu_idle_w}

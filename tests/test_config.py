@@ -217,3 +217,36 @@ def test_generation_config_takes_only_what_vllm_turns_into_request_defaults() ->
         compose(["+serve.generation_config.max_new_tokens=0"])
     with pytest.raises(ConfigError, match="ignore_eos=true needs sampling.send=explicit"):
         compose(["sampling.send=messages", "sampling.ignore_eos=true"])
+
+
+SERVING_KEYS = ("max_model_len", "max_num_seqs", "enable_chunked_prefill", "enable_prefix_caching",
+                "gpu_memory_utilization")
+
+
+@pytest.mark.parametrize("model", ["gemma4_e4b", "gemma3_4b"])
+@pytest.mark.parametrize("variant", group_options("variant"))
+def test_a_real_models_variants_are_served_like_their_baseline(model: str, variant: str) -> None:
+    """Context length and batch are the model's for the baseline and every variant, unless the variant
+    sets them itself; the baseline is composed as harness.__main__.baseline_config composes it."""
+    import yaml
+
+    from harness.config.schema import CONF_DIR
+    from harness.score.baseline import baseline_overrides
+
+    argv = [f"+variant={variant}", f"model={model}"]
+    run = compose(argv)
+    baseline = compose(["+variant=bf16", *baseline_overrides(argv)])
+    own = (yaml.safe_load((CONF_DIR / "variant" / f"{variant}.yaml").read_text()).get("serve") or {})
+    for key in SERVING_KEYS:
+        if key not in own:
+            assert getattr(run.serve, key) == getattr(baseline.serve, key), key
+    assert (baseline.serve.max_model_len, baseline.serve.max_num_seqs) == (4096, 32)  # not vLLM's 128K and 256
+
+
+def test_a_command_line_serve_setting_reaches_both_sides() -> None:
+    from harness.score.baseline import baseline_overrides
+
+    argv = ["+variant=fp8", "model=gemma4_e4b", "serve.max_model_len=8192"]
+    baseline = compose(["+variant=bf16", *baseline_overrides(argv)])
+    assert compose(argv).serve.max_model_len == baseline.serve.max_model_len == 8192
+    assert compose(["model=gemma4_e4b", "+variant=bf16_seqs4"]).serve.max_num_seqs == 4  # the variant's own wins

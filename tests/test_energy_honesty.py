@@ -20,7 +20,8 @@ def _sleep_until(fake: FakeNvml, trace_s: float) -> None:
 
 
 def _meter(fake: FakeNvml) -> NvmlMeter:
-    return NvmlMeter(nvml=fake, crosscheck_min_s=0.5, crosscheck_tolerance=TOLERANCE)
+    every_gpu = range(len(fake.gpus))  # without indices the meter reads GPU 0 only, as a server uses
+    return NvmlMeter(every_gpu, nvml=fake, crosscheck_min_s=0.5, crosscheck_tolerance=TOLERANCE)
 
 
 def test_ramp_disagreement_is_small_once_the_power_averaging_lag_is_undone() -> None:

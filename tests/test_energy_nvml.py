@@ -124,7 +124,7 @@ def test_power_above_the_enforced_limit_is_flagged() -> None:
 
 def test_two_gpus_are_summed() -> None:
     fake = FakeNvml([FakeGpu(load_trace(load_w=300.0)), FakeGpu(load_trace(load_w=600.0))])
-    with NvmlMeter(nvml=fake) as meter:
+    with NvmlMeter(indices=[0, 1], nvml=fake) as meter:
         _sleep_until(fake, 0.3)
         meter.begin_window("both")
         _sleep_until(fake, 1.2)

@@ -14,7 +14,7 @@ from harness.energy import MeterError
 from harness.energy.clock import now
 from harness.energy.nvml import NvmlMeter, gpu_snapshot, nvml_available
 from harness.energy.nvml_errors import NvmlError
-from tests.fakes.fake_nvml import FakeGpu, FakeNvml, load_trace
+from tests.fakes.fake_nvml import FakeGpu, FakeNvml, FakeProcess, load_trace
 
 
 def _two_gpus() -> FakeNvml:
@@ -26,7 +26,8 @@ def _two_gpus() -> FakeNvml:
 
 @pytest.mark.parametrize(
     ("visible", "expected"),
-    [(None, ("gpu0", "gpu1")), ("1", ("gpu1",)), ("GPU-bbbbbbbb-0000-0000-0000-000000000000", ("gpu1",))],
+    [(None, ("gpu0",)), ("1", ("gpu1",)), ("GPU-bbbbbbbb-0000-0000-0000-000000000000", ("gpu1",)),
+     ("0,1", ("gpu0", "gpu1"))],
 )
 def test_cuda_visible_devices_picks_the_gpus(monkeypatch: pytest.MonkeyPatch, visible: str | None,
                                              expected: tuple[str, ...]) -> None:
@@ -36,6 +37,23 @@ def test_cuda_visible_devices_picks_the_gpus(monkeypatch: pytest.MonkeyPatch, vi
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     with NvmlMeter(nvml=_two_gpus()) as meter:
         assert meter.devices == expected
+
+
+def test_meter_reads_the_gpus_the_server_was_launched_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server gets CUDA_VISIBLE_DEVICES=<UUID>; the meter, given the same UUIDs, reads that GPU whatever
+    the harness's own CUDA_VISIBLE_DEVICES says (it may name the GPU by index)."""
+    from harness.config.schema import compose
+    from harness.serve.capabilities import detect_platform
+    from harness.serve.vllm import server_env
+
+    fake = _two_gpus()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    platform = detect_platform(nvml=fake)
+    assert server_env(compose([]).serve, platform, environ={})["CUDA_VISIBLE_DEVICES"] == platform.gpus[0]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with NvmlMeter(gpus=platform.gpus, nvml=fake) as meter:
+        assert meter.devices == ("gpu1",) and meter.indices == (1,)
+        assert gpu_snapshot(meter.indices[0], nvml=fake)["uuid"] == platform.gpus[0]
 
 
 def test_configured_indices_win_over_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,3 +130,55 @@ def test_window_names_are_checked() -> None:
             meter.end_window("b")
         with pytest.raises(ValueError, match="outside the sampled span"):
             meter.energy_between(now() - 3600, now())
+
+
+@pytest.fixture()
+def two_process_groups():
+    """A stand-in server (a process group of its own, as the harness starts vLLM) and another process."""
+    import subprocess
+
+    procs = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(2)]
+    yield procs[0].pid, procs[1].pid
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_another_process_on_the_metered_gpu_is_flagged_and_named(two_process_groups) -> None:
+    from harness.energy.base import FLAG_OTHER_PROCESS
+
+    server_pid, other_pid = two_process_groups
+    fake = FakeNvml([FakeGpu(load_trace(), processes=(
+        FakeProcess(server_pid), FakeProcess(other_pid, 2**30, from_s=0.6, until_s=1.0)))])
+    with NvmlMeter(nvml=fake, pid=server_pid) as meter:
+        time.sleep(1.3)
+        alone = meter.energy_between(fake.t0_s + 0.1, fake.t0_s + 0.5, name="alone")
+        shared = meter.energy_between(fake.t0_s + 0.5, fake.t0_s + 1.1, name="shared")
+        warnings = meter.warnings()
+    assert alone.flags == ()
+    assert shared.flags == (f"{FLAG_OTHER_PROCESS}:gpu0",)
+    assert len(warnings) == 1 and f"pid {other_pid})" in warnings[0] and str(server_pid) not in warnings[0]
+
+
+def test_the_servers_own_processes_are_not_flagged(two_process_groups) -> None:
+    server_pid, _ = two_process_groups
+    ours = (FakeProcess(server_pid), FakeProcess(server_pid, graphics=True))
+    fake = FakeNvml([FakeGpu(load_trace(), processes=ours)])
+    with NvmlMeter(nvml=fake, pid=server_pid) as meter:
+        meter.begin_window("w")
+        time.sleep(0.3)
+        window = meter.end_window("w")
+    assert window.flags == () and meter.warnings() == []
+
+
+def test_pids_of_another_pid_namespace_are_noted_not_flagged(two_process_groups) -> None:
+    """Inside a container NVML reports host PIDs: none is the server's, so nothing can be told apart."""
+    server_pid, _ = two_process_groups
+    host_pid = 4_194_304 + 17  # above Linux's largest pid_max: no process here has it
+    fake = FakeNvml([FakeGpu(load_trace(), processes=(FakeProcess(host_pid),))])
+    with NvmlMeter(nvml=fake, pid=server_pid) as meter:
+        meter.begin_window("w")
+        time.sleep(0.3)
+        window = meter.end_window("w")
+    assert window.flags == ()
+    assert len(meter.warnings()) == 1 and "cannot be told apart" in meter.warnings()[0]

@@ -69,9 +69,11 @@ def test_gpus_are_described_through_nvml_when_present(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     fake = FakeNvml([FakeGpu(load_trace()), FakeGpu(load_trace())])
     gpus = gpu_info(fake)
-    assert [gpu["index"] for gpu in gpus] == [0, 1]
+    assert [gpu["index"] for gpu in gpus] == [0]  # the GPU a tensor-parallel-1 server runs on
     assert gpus[0]["name"] == "NVIDIA H100 80GB HBM3"
     assert gpus[0]["power_limit_w"] > 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert [gpu["index"] for gpu in gpu_info(fake)] == [0, 1]
 
 
 def test_a_gpu_selection_nvml_cannot_open_is_warned_about(monkeypatch, caplog):

@@ -87,3 +87,23 @@ def test_length_levers_reach_vllm_as_chat_template_and_generation_override(tmp_p
     assert ns.override_generation_config == {"max_new_tokens": 16}
     args, _ = _written(tmp_path, ["+variant=bf16"], L4)
     assert "chat-template" not in args and "override-generation-config" not in args  # the checkpoint's own
+
+
+def test_cuda_server_env_binds_the_gpu_by_uuid_and_needs_no_compiler() -> None:
+    from harness.serve.vllm import server_env
+
+    gpu = "GPU-bbbbbbbb-0000-0000-0000-000000000000"
+    platform = Platform("cuda", frozenset(), "NVIDIA L4", (8, 9), gpus=(gpu,))
+    env = server_env(compose([]).serve, platform, environ={"CUDA_VISIBLE_DEVICES": "1", "PATH": "/usr/bin"})
+    assert env["CUDA_VISIBLE_DEVICES"] == gpu and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert env["VLLM_USE_FLASHINFER_SAMPLER"] == "0"  # no FlashInfer JIT (nvcc, ninja) at engine warm-up
+    assert env["PATH"] == "/usr/bin" and "VLLM_CPU_KVCACHE_SPACE" not in env
+    mine = compose(["+serve.env.VLLM_USE_FLASHINFER_SAMPLER=1"]).serve
+    assert server_env(mine, platform, environ={})["VLLM_USE_FLASHINFER_SAMPLER"] == "1"  # serve.env wins
+
+
+def test_cpu_server_env_sets_no_cuda_variables() -> None:
+    from harness.serve.vllm import server_env
+
+    env = server_env(compose([]).serve, AVX2_CPU, environ={})
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "1"}

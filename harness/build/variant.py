@@ -19,38 +19,57 @@ COMPRESS_SRC = Path(__file__).resolve().parents[2] / "compress"
 # What a base model's fingerprint reads of each weight file (see _weights_digest).
 FULL_HASH_BYTES = 64 * 2**20
 SAMPLES, SAMPLE_BYTES = 64, 64 * 2**10
+# What a served or compressed checkpoint needs from a hub repository (weights, configs, tokenizer,
+# chat template), leaving out what vLLM never reads (other formats, images of the model card).
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]
 
 
+def is_hub_id(path_or_id: str) -> bool:
+    """Whether ``path_or_id`` names a hub repository (org/name) rather than a local folder."""
+    looks_local = path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1
+    return not looks_local and not Path(path_or_id).expanduser().exists()
 
-def local_model_dir(path_or_id: str) -> Path:
-    """A local folder for `path_or_id`: the folder itself, or a hub snapshot (downloaded once)."""
+
+def local_model_dir(path_or_id: str, log=None) -> Path:
+    """A local folder for `path_or_id`: the folder itself, or its hub snapshot (fetch_hub_model)."""
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise BuildError(f"{path} has no config.json: point model.path at a transformers checkpoint folder")
         return path
-    if path.exists() or path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1:
+    if not is_hub_id(path_or_id):
         raise BuildError(f"model path {path_or_id!r} is not a folder: give a checkpoint folder or a hub id "
                          "like org/name")
+    return fetch_hub_model(path_or_id, log)
+
+
+def fetch_hub_model(repo_id: str, log=None) -> Path:
+    """The hub checkpoint ``repo_id`` as a folder of the hub cache, downloaded now where files are missing.
+
+    Called by the build step, before any server starts, so that a first run's download (about
+    16 GB for Gemma 4 E4B) shows its progress here and never counts against
+    serve.startup_timeout_s: the server is given the folder, never the hub id. Files already
+    cached are not fetched again; with HF_HUB_OFFLINE=1 the cached snapshot is used as it is.
+    """
     from huggingface_hub import snapshot_download  # lazy; only real models come from a hub
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    if log is not None:
+        log(f"build: {repo_id} from the hub cache (files missing there are downloaded now, with progress, "
+            "before the server starts)")
     try:
-        patterns = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]
-        return Path(snapshot_download(path_or_id, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
-        raise BuildError(f"cannot fetch {path_or_id} from the hub ({err}); download it first and set model.path "
+        raise BuildError(f"cannot fetch {repo_id} from the hub ({err}); download it first and set model.path "
                          "to the folder") from err
 
 
 def check_model(path_or_id: str) -> None:
     """Refuses, before any work, a model path that is neither a checkpoint folder nor a hub id."""
-    path = Path(path_or_id).expanduser()
-    if path.is_dir():
-        local_model_dir(path_or_id)
+    if Path(path_or_id).expanduser().exists():
+        local_model_dir(path_or_id)  # a folder with a config.json, or one line saying what is wrong
         return
-    looks_local = path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1
-    if looks_local:
+    if not is_hub_id(path_or_id):
         hint = (" (the committed tiny model is missing: restore it with git or rebuild it with "
                 "`python -m harness.tiny.train`)" if "tiny-gemma4" in path_or_id else "")
         raise BuildError(f"model folder {path_or_id} does not exist{hint}: set model.path to a checkpoint folder "
@@ -123,11 +142,11 @@ def build_variant(run: RunConfig, compress: CompressSpec | None = None, log=prin
     spec = compress or run.compress
     config = to_compress_config(spec)
     check_model(base)
+    src = local_model_dir(base, log)  # a hub id is downloaded here, never by the server
     if config is None:
-        return local_model_dir(base) if Path(base).expanduser().exists() else Path(base)
+        return src
     from compress import compress_checkpoint  # lazy: imports torch
 
-    src = local_model_dir(base)
     out = cached_build_dir(run, spec, src, config)
     if (out / "config.json").is_file():
         log(f"build: cached {spec.scheme} checkpoint {out}")

@@ -39,9 +39,10 @@ def make_meter(kind: str = "auto", **settings: Any) -> Meter:
 
     Settings go to the chosen meter's constructor; a setting another kind takes is ignored
     (one config can carry every kind's settings), one no kind takes is an error.
-    Shared: hz. NVML: indices, nvml, counter_period_s, crosscheck_tolerance,
-    crosscheck_min_s, power_limit_margin. RAPL: root, include_dram. Modeled: pid,
-    busy_core_w, idle_w.
+    Shared: hz; pid (the server: the modeled meter counts its process tree's CPU time, NVML
+    flags processes outside its group on the GPUs). NVML: gpus (the server's GPU UUIDs),
+    indices, nvml, counter_period_s, crosscheck_tolerance, crosscheck_min_s,
+    power_limit_margin. RAPL: root, include_dram. Modeled: busy_core_w, idle_w.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown energy meter kind {kind!r}; choose one of {KINDS}")

@@ -23,6 +23,7 @@ FLAG_ABOVE_LIMIT = "power_above_limit"  # a power reading above the enforced pow
 FLAG_MISMATCH = "counter_power_mismatch"  # counter and integrated power disagree
 FLAG_STUCK = "counter_stuck"  # the counter (nearly) did not advance while power was reported
 FLAG_FROM_POWER = "energy_from_power_integration"  # no energy counter: power integrated
+FLAG_OTHER_PROCESS = "other_process_on_gpu"  # a process outside the workload used the metered GPU
 
 
 class MeterError(HarnessError, RuntimeError):

@@ -17,6 +17,7 @@ from harness.energy.base import (
     MeterError,
     Reading,
 )
+from harness.energy.gpu_processes import ProcessWatch
 from harness.energy.nvml_errors import NvmlError, call, optional
 
 # nvmlDeviceGetPowerUsage reports, on Ampere (other than GA100) and newer, the mean power of
@@ -53,21 +54,23 @@ def nvml_available(nvml: ModuleType | Any | None = None) -> bool:
         nvml.nvmlShutdown()
 
 
-def select_gpus(nvml: ModuleType | Any, indices: Sequence[int] | None = None) -> list[tuple[int, Any]]:
-    """(NVML index, handle) of the GPUs to measure.
+def select_gpus(nvml: ModuleType | Any, indices: Sequence[int] | None = None,
+                gpus: Sequence[str] | None = None) -> list[tuple[int, Any]]:
+    """(NVML index, handle) of the GPUs to measure: those a server started now runs on.
 
-    Configured indices win; otherwise CUDA_VISIBLE_DEVICES (integers are read as NVML
-    indices, i.e. PCI bus order: set CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA agrees; GPU-
-    UUIDs are looked up); otherwise every GPU.
+    ``gpus`` win (entries as CUDA_VISIBLE_DEVICES takes them, NVML indices or GPU- UUIDs: the
+    harness passes the UUIDs it launched the server with); then configured ``indices``; then
+    CUDA_VISIBLE_DEVICES; else GPU 0, the one GPU a tensor-parallel-1 server uses. Integers are
+    NVML indices, i.e. PCI bus order; the harness launches the server with these GPUs' UUIDs and
+    CUDA_DEVICE_ORDER=PCI_BUS_ID, so CUDA and NVML agree on every GPU.
     """
-    if indices is None:
-        env = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if env is None:
-            count = call(nvml, "nvmlDeviceGetCount")
-            indices = list(range(count))
-        else:
-            return [_gpu_from_token(nvml, tok.strip()) for tok in _split_visible(env)]
-    return [(i, call(nvml, "nvmlDeviceGetHandleByIndex", i)) for i in indices]
+    if gpus:
+        return [_gpu_from_token(nvml, str(gpu).strip()) for gpu in gpus]
+    if indices is not None:
+        return [(i, call(nvml, "nvmlDeviceGetHandleByIndex", i)) for i in indices]
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    tokens = _split_visible(env) if env is not None else ["0"]
+    return [_gpu_from_token(nvml, tok.strip()) for tok in tokens]
 
 
 def _split_visible(env: str) -> list[str]:
@@ -139,6 +142,11 @@ class NvmlMeter(Meter):
     `crosscheck_tolerance`, and flagged stuck when the counter (nearly) did not advance
     while power was reported. A power reading above the enforced limit times
     (1 + power_limit_margin) is flagged. Nothing here changes clocks or power limits.
+
+    The GPUs metered are `gpus` (the UUIDs the server was launched with), else as
+    `select_gpus` picks them. A process outside the process group of `pid` (the server; this
+    process when None) using a metered GPU is flagged on the windows it overlaps
+    (harness.energy.gpu_processes), and `warnings()` names it.
     """
 
     kind = "nvml"
@@ -149,6 +157,8 @@ class NvmlMeter(Meter):
         indices: Sequence[int] | None = None,
         hz: float = 10.0,
         *,
+        gpus: Sequence[str] | None = None,
+        pid: int | None = None,
         nvml: ModuleType | Any | None = None,
         counter_period_s: float = 0.1,
         crosscheck_tolerance: float = 0.10,
@@ -162,7 +172,8 @@ class NvmlMeter(Meter):
         self.crosscheck_min_s = crosscheck_min_s
         call(self._nvml, "nvmlInit")
         try:
-            selected = select_gpus(self._nvml, indices)
+            selected = select_gpus(self._nvml, indices, gpus)
+            self._processes = ProcessWatch(self._nvml, pid)
             self._gpus = [self._open(i, h, power_limit_margin) for i, h in selected]
             self.indices = tuple(i for i, _ in selected)  # NVML indices, in `devices` order
             all_counters = all(g.has_counter for g in self._gpus)
@@ -186,9 +197,14 @@ class NvmlMeter(Meter):
             raw_mj = None
             if gpu.has_counter:
                 raw_mj = call(self._nvml, "nvmlDeviceGetTotalEnergyConsumption", gpu.handle)
-            events = gpu.update(t_s, raw_mj, power_w)
+            events = gpu.update(t_s, raw_mj, power_w) + self._processes.events(gpu.label, gpu.handle)
             readings.append(Reading(gpu.energy_j, power_w, tuple(events)))
         return readings
+
+    def warnings(self) -> list[str]:
+        """Other processes seen on the metered GPUs, or why they could not be checked (for the result)."""
+        with self._lock:
+            return self._processes.warnings()
 
     def _window_checks(self, device: str, t0_s: float, t1_s: float,
                        energy_j: float) -> tuple[list[str], float | None]:
@@ -234,9 +250,9 @@ def gpu_snapshot(index: int, nvml: ModuleType | Any | None = None) -> dict:
         power_mw = optional(nvml, "nvmlDeviceGetPowerUsage", h)
         return {
             "index": index,
-            "name": _text(optional(nvml, "nvmlDeviceGetName", h)),
-            "uuid": _text(optional(nvml, "nvmlDeviceGetUUID", h)),
-            "driver_version": _text(optional(nvml, "nvmlSystemGetDriverVersion")),
+            "name": nvml_text(optional(nvml, "nvmlDeviceGetName", h)),
+            "uuid": nvml_text(optional(nvml, "nvmlDeviceGetUUID", h)),
+            "driver_version": nvml_text(optional(nvml, "nvmlSystemGetDriverVersion")),
             "power_limit_w": None if limit_mw is None else limit_mw / 1000.0,
             "power_w": None if power_mw is None else power_mw / 1000.0,
             "sm_clock_mhz": optional(nvml, "nvmlDeviceGetClockInfo", h, nvml.NVML_CLOCK_SM),
@@ -247,6 +263,6 @@ def gpu_snapshot(index: int, nvml: ModuleType | Any | None = None) -> dict:
         nvml.nvmlShutdown()
 
 
-def _text(value: str | bytes | None) -> str | None:
-    # Older nvidia-ml-py releases return bytes.
+def nvml_text(value: str | bytes | None) -> str | None:
+    """A string NVML returned, as str (older nvidia-ml-py releases return bytes)."""
     return value.decode() if isinstance(value, bytes) else value

@@ -60,7 +60,9 @@ class EnergyPart(_Part):
     lm-eval's; ``trials``: one record per trial (its suite and steady windows, idle power,
     active energy, cache counts, steady tokens, and ``decode``: the suite's time and energy split
     into decode and the rest, attributed by time, harness.record.decode); ``suite_j_mean``/``suite_j_sd``: over the
-    complete trials; ``partial``: a resumed or cut-short run (never compared or ranked).
+    complete trials; ``partial``: a resumed or cut-short run (never compared or ranked); ``gpu``: the
+    metered GPUs (gpu_snapshot at "start" and "end") and "warnings": other processes seen on them, or
+    why they could not be checked (harness.energy.gpu_processes; their windows are flagged).
     """
 
     source: str | None = None

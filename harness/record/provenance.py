@@ -103,10 +103,11 @@ def host_info() -> dict[str, Any]:
 def gpu_info(nvml: Any | None = None) -> list[dict[str, Any]] | None:
     """Name, driver, power limit and clocks of each GPU this run may use, or None.
 
-    GPUs are those `harness.energy.nvml.select_gpus` picks (CUDA_VISIBLE_DEVICES, else all),
-    each described by its `gpu_snapshot`. None when the energy package has no NVML module or
-    NVML finds no GPU (a CPU machine); None with a warning when NVML works but describing the
-    selected GPUs fails (e.g. CUDA_VISIBLE_DEVICES names a GPU that does not exist).
+    GPUs are those `harness.energy.nvml.select_gpus` picks, the ones the server runs on
+    (CUDA_VISIBLE_DEVICES, else GPU 0), each described by its `gpu_snapshot`. None when the
+    energy package has no NVML module or NVML finds no GPU (a CPU machine); None with a warning
+    when NVML works but describing the selected GPUs fails (e.g. CUDA_VISIBLE_DEVICES names a
+    GPU that does not exist).
 
     Args:
         nvml: the pynvml module or a stand-in with its names; imported when None.

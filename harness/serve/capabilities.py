@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.config.schema import CompressSpec, RunConfig, ServeConfig
+from harness.energy.base import MeterError
+from harness.energy.nvml import load_pynvml, nvml_available, nvml_text, select_gpus
+from harness.energy.nvml_errors import call, optional
 from harness.errors import PlatformError
 
 _INT4_SCHEMES = frozenset({"w4a16_rtn", "w4a16_gptq"})
@@ -25,7 +30,12 @@ _GPU_KERNELS: dict[str, tuple[str, tuple[int, int]]] = {
     "w4a16_gptq": ("Marlin W4A16", (8, 0)),
     "w8a8_int8": ("int8 W8A8", (7, 5)),
 }
-
+# Gemma 4 mixes head sizes 256/512, so below sm_90 (no FA4) vLLM serves it with Triton attention,
+# which refuses an FP8 KV cache below Ada sm_89 (an A100 is sm_80).
+_FP8_KV_CAPABILITY = (8, 9)
+# The NVIDIA driver branch that first supports each CUDA major version. Minor version compatibility
+# lets a CUDA X.y build run on any driver that supports X.0, so only majors are compared.
+_DRIVER_FOR_CUDA = {11: "R450", 12: "R525", 13: "R580"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,9 @@ class Platform:
     cpu_flags: frozenset[str] = frozenset()
     gpu_name: str | None = None
     compute_capability: tuple[int, int] | None = None
+    gpus: tuple[str, ...] = ()  # UUIDs of the GPUs the server runs on (CUDA_VISIBLE_DEVICES it gets)
+    driver: str | None = None  # NVIDIA driver version, e.g. "580.65.06"
+    driver_cuda: tuple[int, int] | None = None  # the newest CUDA version that driver supports
 
     @property
     def avx512(self) -> bool:
@@ -77,14 +90,21 @@ class PlatformCheck:
     unservable: str | None = None
 
 
-def detect_platform() -> Platform:
-    """Reads the GPU through NVML when one is present, else the CPU flags from /proc/cpuinfo."""
-    gpu = _nvml_gpu()
+def detect_platform(nvml: Any | None = None) -> Platform:
+    """The GPUs the server will run on, read through NVML when there are any, else the CPU flags.
+
+    Which GPUs: harness.energy.nvml.select_gpus (CUDA_VISIBLE_DEVICES's entries, else GPU 0 for
+    a tensor-parallel-1 server), so that the server and the energy meter agree by UUID. An empty
+    CUDA_VISIBLE_DEVICES (or -1) hides every GPU, as it does from CUDA.
+
+    Args:
+        nvml: the pynvml module or a stand-in with its names (tests); imported when None.
+    """
     flags = _cpu_flags(Path("/proc/cpuinfo"))
-    if gpu is not None:
-        name, capability = gpu
-        return Platform("cuda", flags, name, capability)
-    return Platform("cpu", flags)
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1"):
+        return Platform("cpu", flags)
+    gpus = _nvml_gpus(nvml)
+    return dataclasses.replace(gpus, cpu_flags=flags) if gpus is not None else Platform("cpu", flags)
 
 
 def check_platform(run: RunConfig, platform: Platform | None = None) -> PlatformCheck:
@@ -97,6 +117,7 @@ def check_platform(run: RunConfig, platform: Platform | None = None) -> Platform
         PlatformError: one sentence naming the setting, the platform and what to change.
     """
     platform = platform or detect_platform()
+    check_cuda_driver(platform)
     compress, weights_fallback = _check_cpu_fp8(run, platform)
     unservable = check_weights(_weight_scheme(compress), platform)
     serve = run.serve
@@ -106,6 +127,51 @@ def check_platform(run: RunConfig, platform: Platform | None = None) -> Platform
         if fallback is not None:
             fallbacks.append(fallback)
     return PlatformCheck(platform, serve, tuple(fallbacks), compress, unservable)
+
+
+def check_cuda_driver(platform: Platform, torch_cuda: str | None = None) -> None:
+    """Refuses a torch built for a newer CUDA than the NVIDIA driver supports, before anything starts.
+
+    NVML, through which the platform is read, works on old drivers, so without this check the
+    build would run and the failure would show only when the server initialises CUDA.
+
+    Args:
+        platform: the serving platform (nothing is checked unless it is a GPU whose driver said
+            which CUDA it supports).
+        torch_cuda: torch.version.cuda of the server's torch; read from the installed torch when None.
+
+    Raises:
+        PlatformError: one sentence naming the driver branch needed.
+    """
+    if platform.device != "cuda" or platform.driver_cuda is None:
+        return
+    wanted = torch_cuda if torch_cuda is not None else torch_cuda_version()
+    if wanted is None:  # a CPU torch: the server cannot use the GPU, whatever the driver
+        return
+    major, (have_major, have_minor) = int(wanted.split(".")[0]), platform.driver_cuda
+    if have_major >= major:
+        return
+    branch = _DRIVER_FOR_CUDA.get(major, f"a driver for CUDA {major}")
+    raise PlatformError(
+        f"torch here is built for CUDA {wanted} but NVIDIA driver {platform.driver or '?'} supports CUDA up to "
+        f"{have_major}.{have_minor}: install NVIDIA driver {branch} or newer (or a torch built for CUDA "
+        f"{have_major}, in another venv)."
+    )
+
+
+def torch_cuda_version() -> str | None:
+    """torch.version.cuda of the installed torch (the one the server runs), or None (CPU build, no torch).
+
+    Read from torch/version.py without importing torch, which takes seconds and loads CUDA libraries.
+    """
+    spec = importlib.util.find_spec("torch")
+    version_py = Path(spec.origin).with_name("version.py") if spec is not None and spec.origin else None
+    if version_py is None or not version_py.is_file():
+        return None
+    module_spec = importlib.util.spec_from_file_location("_harness_torch_version", version_py)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return getattr(module, "cuda", None)
 
 
 def check_plugin_support(model_path: str | Path, env: Mapping[str, str] | None = None) -> None:
@@ -192,9 +258,18 @@ def _check_cpu_fp8(run: RunConfig, platform: Platform) -> tuple[CompressSpec, Fa
 
 def _check_kv_cache(serve: ServeConfig, platform: Platform) -> tuple[ServeConfig, Fallback | None]:
     wanted = serve.kv_cache_dtype
-    if not wanted.startswith("fp8") or platform.device == "cuda" or platform.avx512 or platform.amx:
+    if not wanted.startswith("fp8"):
         return serve, None
-    reason = f"FP8 KV cache on CPU needs AVX-512 or AMX and this machine is {platform.describe()}"
+    if platform.device == "cuda":
+        needed = _FP8_KV_CAPABILITY
+        if (platform.compute_capability or (0, 0)) >= needed:
+            return serve, None
+        reason = (f"FP8 KV cache needs compute capability >= {needed[0]}.{needed[1]} (vLLM's Triton attention, "
+                  f"which serves Gemma 4 below sm_90) and this GPU is {platform.describe()}")
+    elif platform.avx512 or platform.amx:
+        return serve, None
+    else:
+        reason = f"FP8 KV cache on CPU needs AVX-512 or AMX and this machine is {platform.describe()}"
     if "kv_cache_dtype" not in serve.allow_fallback:
         raise PlatformError(
             f"serve.kv_cache_dtype={wanted}: {reason}; set serve.kv_cache_dtype=auto or add "
@@ -228,22 +303,24 @@ def _cpu_flags(cpuinfo: Path) -> frozenset[str]:
     return frozenset()
 
 
-def _nvml_gpu() -> tuple[str, tuple[int, int]] | None:
-    """Name and compute capability of GPU 0, or None when NVML (or a GPU) is absent."""
+def _nvml_gpus(nvml: Any | None) -> Platform | None:
+    """The CUDA platform of the GPUs the server will use, or None when NVML (or a GPU) is absent."""
     try:
-        import pynvml
-    except ImportError:
+        nvml = nvml if nvml is not None else load_pynvml()
+    except MeterError:  # no nvidia-ml-py: no GPU to read
         return None
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
+    if not nvml_available(nvml):
         return None
+    call(nvml, "nvmlInit")
     try:
-        if pynvml.nvmlDeviceGetCount() == 0:
-            return None
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        name = pynvml.nvmlDeviceGetName(handle)
-        capability = tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
-        return (name.decode() if isinstance(name, bytes) else name), capability
+        handles = [handle for _, handle in select_gpus(nvml)]
+        capability = tuple(call(nvml, "nvmlDeviceGetCudaComputeCapability", handles[0]))
+        cuda = optional(nvml, "nvmlSystemGetCudaDriverVersion")  # e.g. 13000 for 13.0
+        return Platform(
+            "cuda", gpu_name=nvml_text(call(nvml, "nvmlDeviceGetName", handles[0])), compute_capability=capability,
+            gpus=tuple(nvml_text(call(nvml, "nvmlDeviceGetUUID", h)) for h in handles),
+            driver=nvml_text(optional(nvml, "nvmlSystemGetDriverVersion")),
+            driver_cuda=None if cuda is None else (cuda // 1000, cuda % 1000 // 10),
+        )
     finally:
-        pynvml.nvmlShutdown()
+        nvml.nvmlShutdown()

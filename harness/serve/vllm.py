@@ -116,6 +116,7 @@ class VllmServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.defaults: ServerDefaults | None = None  # read once the server is ready
+        self.gpus: tuple[str, ...] = ()  # its CUDA_VISIBLE_DEVICES entries once started (GPU UUIDs); () on a CPU
 
     @property
     def target(self) -> ServerTarget:
@@ -141,7 +142,10 @@ class VllmServer:
     def start(self) -> None:
         """Writes vllm_config.yaml and launches the server (returns without waiting)."""
         platform = self._platform or detect_platform()
-        check_plugin_support(self._model_path, self._env(platform))  # a FLAP-pruned one needs our vLLM plugin
+        env = self._env(platform)
+        check_plugin_support(self._model_path, env)  # a FLAP-pruned one needs our vLLM plugin
+        if platform.device == "cuda":  # what the meter reads: the platform's UUIDs, unless serve.env names others
+            self.gpus = tuple(g.strip() for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip())
         serve = self.serve
         if serve.enforce_eager is None:
             serve = replace(serve, enforce_eager=default_enforce_eager(platform))
@@ -154,7 +158,7 @@ class VllmServer:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self._env(platform), cwd=self.run_dir, start_new_session=True,
+                env=env, cwd=self.run_dir, start_new_session=True,
             )
         _LIVE.add(self)
 
@@ -199,11 +203,8 @@ class VllmServer:
             self._proc = None
 
     def _env(self, platform: Platform) -> dict[str, str]:
-        env = dict(os.environ)
+        env = server_env(self.serve, platform)
         env["VLLM_API_KEY"] = self.api_key  # by environment: never in the YAML, argv or the log
-        if platform.device == "cpu":
-            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.serve.cpu_kvcache_space_gib))
-        env.update({str(k): str(v) for k, v in self.serve.env.items()})
         env.update(self._extra_env)
         return env
 
@@ -218,6 +219,29 @@ class VllmServer:
         except OSError as err:
             return f"its log {self.log_path} could not be read ({err})"
         return f"last {len(lines)} lines of {self.log_path}:\n" + "\n".join(lines)
+
+
+def server_env(serve: ServeConfig, platform: Platform, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: ours (``environ``, default os.environ), what the platform needs, then serve.env.
+
+    On a GPU the server runs on exactly ``platform.gpus``, named by UUID with PCI bus order, so
+    that it and the NVML meter (which reads the same UUIDs) mean the same GPUs whatever order
+    CUDA would enumerate them in. serve.env is applied last: a setting the user gives there wins.
+    """
+    env = dict(os.environ if environ is None else environ)
+    if platform.device == "cpu":
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(serve.cpu_kvcache_space_gib))
+    if platform.device == "cuda":
+        # vLLM 0.33 turns on the FlashInfer top-k/top-p sampler, which JIT-compiles at engine
+        # warm-up and needs nvcc, ninja on PATH and a C++ compiler, else the engine dies. Seeded
+        # requests (sampling.send=explicit) take vLLM's native sampler anyway; with this, unseeded
+        # ones (sampling.send=messages) do too. serve.env.VLLM_USE_FLASHINFER_SAMPLER=1 turns it back on.
+        env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+        if platform.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(platform.gpus)
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    env.update({str(k): str(v) for k, v in serve.env.items()})
+    return env
 
 
 def _ready(client: Any, root: str, headers: dict[str, str], model_name: str) -> dict[str, Any] | None:

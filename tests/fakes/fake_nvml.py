@@ -11,6 +11,10 @@ Model of one GPU (t = seconds since the FakeNvml was made):
         then (a counter that stopped advancing while the GPU still draws power).
     reported power(t) = power_scale * mean of P over [t - 1 s, t], in mW: the ~1 s average
         that nvmlDeviceGetPowerUsage returns on recent GPUs.
+    processes(t): the FakeProcess entries alive at t (from_s <= t < until_s), as NVML lists the
+        processes holding a CUDA context (compute) or drawing (graphics) on the GPU.
+The driver reports the CUDA version it supports as NVML does (1000 * major + 10 * minor): 560.35.03
+supports CUDA 12.6, an R580 driver CUDA 13.0.
 """
 
 from __future__ import annotations
@@ -68,6 +72,20 @@ def load_trace(idle_s: float = 0.4, ramp_s: float = 0.2, load_s: float = 1.0, lo
     ])
 
 
+@dataclass(frozen=True)
+class FakeProcess:
+    """One process on a GPU, with NVML's field names (pid, usedGpuMemory in bytes)."""
+
+    pid: int
+    usedGpuMemory: int = 6 * 2**30  # noqa: N815 - pynvml's name
+    graphics: bool = False
+    from_s: float = 0.0
+    until_s: float = math.inf
+
+    def alive(self, t_s: float) -> bool:
+        return self.from_s <= t_s < self.until_s
+
+
 @dataclass
 class FakeGpu:
     """One simulated GPU; see the module docstring for what it reports."""
@@ -84,6 +102,8 @@ class FakeGpu:
     counter_stuck_after_s: float | None = None  # from then on the counter stops advancing
     name: str = "NVIDIA H100 80GB HBM3"
     uuid: str = "GPU-00000000-1111-2222-3333-444444444444"
+    capability: tuple[int, int] = (9, 0)
+    processes: Sequence[FakeProcess] = ()
 
     def check_alive(self, t_s: float) -> None:
         if self.lost_at_s is not None and t_s >= self.lost_at_s:
@@ -119,12 +139,14 @@ class FakeNvml:
     NVMLError = pynvml.NVMLError
 
     def __init__(self, gpus: Sequence[FakeGpu], clock: Callable[[], float] = now,
-                 init_error: int | None = None, driver_version: str = "560.35.03") -> None:
+                 init_error: int | None = None, driver_version: str = "560.35.03",
+                 cuda_driver_version: int = 12060) -> None:
         self.gpus = list(gpus)
         self.clock = clock
         self.t0_s = clock()
         self.init_error = init_error
         self.driver_version = driver_version
+        self.cuda_driver_version = cuda_driver_version
         self.inits = 0
 
     def __getattr__(self, name: str):
@@ -163,6 +185,10 @@ class FakeNvml:
         self._now()
         return self.driver_version
 
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        self._now()
+        return self.cuda_driver_version
+
     def nvmlDeviceGetCount(self) -> int:
         self._now()
         return len(self.gpus)
@@ -190,6 +216,17 @@ class FakeNvml:
 
     def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
         return self._gpu(handle).uuid
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: _Handle) -> tuple[int, int]:
+        return self._gpu(handle).capability
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[FakeProcess]:
+        t_s = self._now()
+        return [p for p in self._gpu(handle).processes if not p.graphics and p.alive(t_s)]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: _Handle) -> list[FakeProcess]:
+        t_s = self._now()
+        return [p for p in self._gpu(handle).processes if p.graphics and p.alive(t_s)]
 
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: _Handle) -> int:
         return int(self._gpu(handle).limit_w * 1000)
