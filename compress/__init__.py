@@ -2,7 +2,9 @@
 
 `compress_(model, config)` quantizes a model in place (the handler picked by the config's
 type); `compress_checkpoint(src_dir, out_dir, config)` makes a servable folder. Importing
-this package does not import torch.
+this package does not import torch. Calibrated steps (GPTQ, FLAP statistics, distillation) compute
+on `device="auto"` (CUDA when torch sees a GPU, else the CPU; compress.device), one decoder layer at
+a time for GPTQ and FLAP (compress.layerwise).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from compress.configs import CONFIGS, config_from_name
+from compress.device import check_device_name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="w4a16_gptq, flap: calibration seed (default 0)")
     p.add_argument("--calibration", type=Path, metavar="FILE.jsonl",
                    help='w4a16_gptq, flap: calibration examples, one {"image": path, "prompt": text} per line')
+    p.add_argument("--device", type=_device, default="auto",
+                   help="where GPTQ and FLAP statistics compute, one decoder layer at a time: auto (CUDA when "
+                        "torch sees a GPU, else CPU; the default), cpu, cuda or cuda:N. Data-free schemes stream "
+                        "on the CPU. Recorded in recipe.json")
     flap = p.add_argument_group("flap (FFN pruning; see compress.flap_config.FlapConfig)")
     flap.add_argument("--ratio", type=float, help="share of all FFN channels removed (global mode, default 0.2)")
     flap.add_argument("--method", choices=("flap", "magnitude"), help="channel scores (default flap)")
@@ -28,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     flap.add_argument("--no-bias", action="store_true", help="no bias compensation (zero down_proj bias)")
     flap.add_argument("--protect-layers", type=int, nargs="+", help="decoder layers never pruned")
     return p
+
+
+def _device(value: str) -> str:
+    try:
+        return check_device_name(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _flap_params(args: argparse.Namespace) -> dict:
@@ -50,10 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     config = config_from_name(args.scheme, **params)
     from compress.calibration import CalibrationSource
     from compress.checkpoint import compress_checkpoint
+    from compress.device import resolve_device
 
+    used = resolve_device(args.device)  # a CUDA request on a host without one fails here, before any work
     calibration = CalibrationSource.from_jsonl(args.calibration) if args.calibration else None
-    out = compress_checkpoint(args.src_dir, args.out_dir, config, calibration)
-    print(f"wrote {out} ({type(config).__name__})")
+    out = compress_checkpoint(args.src_dir, args.out_dir, config, calibration, device=args.device)
+    print(f"wrote {out} ({type(config).__name__}, calibrated steps on {used})")
 
 
 if __name__ == "__main__":

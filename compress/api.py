@@ -17,7 +17,8 @@ from compress.plan import plan_modules
 from compress.schemes import LayerSpec
 
 Encoded = dict  # module name -> {parameter suffix: tensor} in compressed-tensors layout
-Handler = Callable[[Any, CompressConfig, dict[str, LayerSpec], "Iterable[dict] | None"], Encoded]
+# (model, config, plan, calibration, device) -> stored tensors
+Handler = Callable[[Any, CompressConfig, dict[str, LayerSpec], "Iterable[dict] | None", str], Encoded]
 
 
 def linear_weight_shapes(model) -> dict[str, tuple[int, ...]]:
@@ -31,8 +32,8 @@ def linear_weight_shapes(model) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _data_free(model, config: CompressConfig, plan: dict[str, LayerSpec], calibration) -> Encoded:
-    """Round-to-nearest: each planned weight is encoded, then replaced by its decoded value."""
+def _data_free(model, config: CompressConfig, plan: dict[str, LayerSpec], calibration, device: str) -> Encoded:
+    """Round-to-nearest: each planned weight is encoded, then replaced by its decoded value (where it is)."""
     import torch
 
     from compress.codecs import decode, encode
@@ -48,7 +49,7 @@ def _data_free(model, config: CompressConfig, plan: dict[str, LayerSpec], calibr
     return encoded
 
 
-def _gptq(model, config: CompressConfig, plan: dict[str, LayerSpec], calibration) -> Encoded:
+def _gptq(model, config: CompressConfig, plan: dict[str, LayerSpec], calibration, device: str) -> Encoded:
     from compress.gptq_runner import run_gptq
 
     if calibration is None:
@@ -56,7 +57,7 @@ def _gptq(model, config: CompressConfig, plan: dict[str, LayerSpec], calibration
             "W4A16GptqConfig needs calibration: pass an iterable of processor outputs "
             "(see compress.calibration.processor_inputs) or use compress_checkpoint, which builds them"
         )
-    return run_gptq(model, config, plan, calibration)
+    return run_gptq(model, config, plan, calibration, device)
 
 
 HANDLERS: dict[type, Handler] = {
@@ -68,7 +69,8 @@ HANDLERS: dict[type, Handler] = {
 }
 
 
-def compress_(model, config: CompressConfig, calibration: Iterable[dict] | None = None) -> Encoded:
+def compress_(model, config: CompressConfig, calibration: Iterable[dict] | None = None, *,
+              device: str = "auto") -> Encoded:
     """Quantizes the linears of `model` that `config` selects, in place.
 
     Each selected weight is replaced by its dequantized value and, for schemes with dynamic
@@ -79,6 +81,9 @@ def compress_(model, config: CompressConfig, calibration: Iterable[dict] | None 
         model: a torch module (e.g. a transformers Gemma 4, Gemma 3 or Llama model).
         config: one of the configs in compress.configs; its type picks the handler.
         calibration: model keyword-argument dicts (processor outputs); GPTQ only.
+        device: where GPTQ computes (compress.device): "auto" (CUDA when torch sees a GPU),
+            "cpu", "cuda" or "cuda:N". The model stays where it is; one decoder layer at a
+            time visits the device.
 
     Returns:
         Module name -> stored tensors ({"weight", "weight_scale"} or
@@ -88,5 +93,8 @@ def compress_(model, config: CompressConfig, calibration: Iterable[dict] | None 
     if handler is None:
         known = ", ".join(c.__name__ for c in HANDLERS)
         raise TypeError(f"no compression handler for {type(config).__name__}; known configs: {known}")
+    from compress.device import resolve_device
+
+    used = resolve_device(device)
     plan = plan_modules(linear_weight_shapes(model), config)
-    return handler(model, config, plan, calibration)
+    return handler(model, config, plan, calibration, used)

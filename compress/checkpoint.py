@@ -12,7 +12,7 @@ from compress.schemes import LayerSpec
 
 
 def _gptq_encodings(src_dir: Path, config: W4A16GptqConfig, plan: dict[str, LayerSpec],
-                    calibration) -> tuple[dict, dict]:
+                    calibration, device: str) -> tuple[dict, dict]:
     """GPTQ-encoded tensors (computed on the loaded model) and a description of the calibration."""
     from compress.api import compress_
     from compress.calibration import as_model_inputs, resolve
@@ -20,7 +20,7 @@ def _gptq_encodings(src_dir: Path, config: W4A16GptqConfig, plan: dict[str, Laye
     calibration, described = resolve(calibration, config.num_samples, config.seed, "w4a16_gptq")
     samples = as_model_inputs(calibration, src_dir)
     described["num_samples"] = len(samples)
-    encoded = compress_(load_model(src_dir), config, samples)
+    encoded = compress_(load_model(src_dir), config, samples, device=device)
     if set(encoded) != set(plan):
         raise ValueError(
             "the model's module names differ from the checkpoint's: "
@@ -35,19 +35,19 @@ def _gptq_encodings(src_dir: Path, config: W4A16GptqConfig, plan: dict[str, Laye
 _CALIBRATED = {W4A16GptqConfig: _gptq_encodings}
 
 
-def _prune(src_dir: Path, out_dir: Path, config, calibration) -> Path:
+def _prune(src_dir: Path, out_dir: Path, config, calibration, device: str) -> Path:
     from compress.prune import prune_checkpoint
 
-    return prune_checkpoint(src_dir, out_dir, config, calibration)
+    return prune_checkpoint(src_dir, out_dir, config, calibration, device=device)
 
 
-def _steps(src_dir: Path, out_dir: Path, config, calibration) -> Path:
+def _steps(src_dir: Path, out_dir: Path, config, calibration, device: str) -> Path:
     from compress.steps import run_steps
 
-    return run_steps(src_dir, out_dir, config, calibration, compress_one=compress_checkpoint)
+    return run_steps(src_dir, out_dir, config, calibration, compress_one=compress_checkpoint, device=device)
 
 
-def _distill_alone(src_dir: Path, out_dir: Path, config, calibration) -> Path:
+def _distill_alone(src_dir: Path, out_dir: Path, config, calibration, device: str) -> Path:
     raise ValueError("a distill step needs the pruned student and its dense teacher: use it inside a steps "
                      "config after a flap step (see conf/compress/prune_distill_w4a16.yaml)")
 
@@ -57,7 +57,7 @@ _OTHER_KINDS = {FlapConfig: _prune, StepsConfig: _steps, DistillConfig: _distill
 
 
 def compress_checkpoint(
-    src_dir: Path, out_dir: Path, config: CompressConfig, calibration: Iterable | None = None
+    src_dir: Path, out_dir: Path, config: CompressConfig, calibration: Iterable | None = None, *, device: str = "auto"
 ) -> Path:
     """Compresses a local checkpoint folder into a compressed-tensors folder vLLM can serve.
 
@@ -71,13 +71,20 @@ def compress_checkpoint(
         config: a config from compress.configs.
         calibration: GPTQ and FLAP: (PIL image, prompt) pairs or processor-output dicts;
             a CalibrationSource (compress.calibration) to draw config.num_samples from.
+        device: where GPTQ, FLAP statistics and distillation compute (compress.device): "auto"
+            (CUDA when torch sees a GPU, else CPU), "cpu", "cuda" or "cuda:N"; checked before any
+            work. Data-free schemes stream on the CPU. Recorded in recipe.json (step "device").
 
     Returns:
         out_dir.
     """
+    from compress.device import resolve_device
+
+    resolve_device(device)  # an unusable device fails here, before any work
     if type(config) in _OTHER_KINDS:
-        return _OTHER_KINDS[type(config)](src_dir, out_dir, config, calibration)
+        return _OTHER_KINDS[type(config)](src_dir, out_dir, config, calibration, device)
     from compress.ct_config import quantization_config
+    from compress.device import device_record
     from compress.export import copy_side_files, weight_shapes, write_config, write_weights
     from compress.lineage import write_recipe
     from compress.plan import plan_modules
@@ -86,14 +93,16 @@ def compress_checkpoint(
     check_paths(src_dir, out_dir)
     plan = plan_modules(weight_shapes(src_dir), config)
     started = time.perf_counter()
-    precomputed, described = {}, None
+    precomputed, described, used = {}, None, "cpu"  # data-free schemes stream tensor by tensor on the CPU
     if type(config) in _CALIBRATED:
-        precomputed, described = _CALIBRATED[type(config)](src_dir, config, plan, calibration)
+        used = resolve_device(device)
+        precomputed, described = _CALIBRATED[type(config)](src_dir, config, plan, calibration, used)
     with atomic_folder(out_dir) as partial:
         write_weights(src_dir, partial, plan, precomputed)
         write_config(src_dir, partial, quantization_config(config, set(plan.values())))
         copy_side_files(src_dir, partial)
         step = {"step": "compress", "config": config_to_dict(config), "calibration": described,
-                "quantized_modules": len(plan), "duration_s": round(time.perf_counter() - started, 3)}
+                "quantized_modules": len(plan), "device": device_record(device, used),
+                "duration_s": round(time.perf_counter() - started, 3)}
         write_recipe(src_dir, partial, step)
     return out_dir

@@ -22,10 +22,15 @@ class RunningStats:
     number of calibration tokens.
     """
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, device: torch.device | str | None = None):
         self.count = 0
-        self.mean = torch.zeros(channels, dtype=torch.float64)
-        self.m2 = torch.zeros(channels, dtype=torch.float64)
+        self.mean = torch.zeros(channels, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(channels, dtype=torch.float64, device=device)
+
+    def to(self, device: torch.device | str) -> RunningStats:
+        """These statistics with their tensors moved to `device` (in place; returns self)."""
+        self.mean, self.m2 = self.mean.to(device), self.m2.to(device)
+        return self
 
     def update(self, x: torch.Tensor) -> None:
         """Adds every row of `x` ([..., channels]; leading dimensions are tokens)."""

@@ -29,7 +29,7 @@ def accumulate_hessian(hessian: torch.Tensor, count: int, x: torch.Tensor) -> tu
 def _inverse_cholesky(hessian: torch.Tensor, dampening_frac: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp I)^-1, damp = dampening_frac * mean(diag H)."""
     damp = dampening_frac * torch.mean(torch.diag(hessian))
-    h = hessian + damp * torch.eye(hessian.shape[0], dtype=hessian.dtype)
+    h = hessian + damp * torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
     return torch.linalg.cholesky(inverse, upper=True)
 
@@ -56,14 +56,15 @@ def gptq_quantize_int4(
         act_order: visit columns by decreasing diag(H) (the group of a column never changes).
 
     Returns:
-        [out, in] int8 tensor of values in [-8, 7].
+        [out, in] int8 tensor of values in [-8, 7], on w's device (where the solve runs; the
+        Hessian is moved there).
     """
     weight = w.detach().float().clone()
-    h = hessian.clone()
+    h = hessian.to(weight.device, copy=True)
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0  # a column never excited by calibration: keep H invertible
     weight[:, dead] = 0.0
-    order = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(h.shape[0])
+    order = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(h.shape[0], device=h.device)
     weight, h = weight[:, order], h[order][:, order]
     column_scales = scales.float()[:, order // group_size]
     hinv = _inverse_cholesky(h, dampening_frac)
@@ -77,7 +78,7 @@ def _blocked_solve(weight: torch.Tensor, hinv: torch.Tensor, column_scales: torc
                    block_size: int) -> torch.Tensor:
     """Quantizes columns in order, spreading each column's error onto the ones after it."""
     columns = weight.shape[1]
-    q = torch.zeros(weight.shape, dtype=torch.int8)
+    q = torch.zeros(weight.shape, dtype=torch.int8, device=weight.device)
     for start in range(0, columns, block_size):
         end = min(start + block_size, columns)
         block = weight[:, start:end].clone()

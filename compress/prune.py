@@ -82,7 +82,8 @@ def _write_config(src_dir: Path, out_dir: Path, plan: list[LayerPrune]) -> None:
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def prune_checkpoint(src_dir: Path, out_dir: Path, config: FlapConfig, calibration: Iterable | None = None) -> Path:
+def prune_checkpoint(src_dir: Path, out_dir: Path, config: FlapConfig, calibration: Iterable | None = None, *,
+                     device: str = "auto") -> Path:
     """Prunes every decoder layer's MLP of a dense Gemma 4 checkpoint as `config` says.
 
     Calibration statistics (method "flap") come from the dense model in transformers; the
@@ -94,17 +95,22 @@ def prune_checkpoint(src_dir: Path, out_dir: Path, config: FlapConfig, calibrati
         config: the pruning config.
         calibration: (PIL image, prompt) pairs or processor-output dicts, or a
             CalibrationSource to draw config.num_samples from (method "magnitude" needs none).
+        device: where the calibration statistics are gathered (compress.device), one decoder
+            layer at a time; the pruning itself reads and writes tensors on the CPU.
 
     Returns:
         out_dir.
     """
     from compress.calibration import resolve
+    from compress.device import device_record, resolve_device
     from compress.export import copy_side_files
     from compress.flap_stats import down_proj_stats
     from compress.folders import atomic_folder, check_paths
     from compress.lineage import write_recipe
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
+    used = resolve_device(device)  # an unusable device fails before any work
+    used = used if config.needs_calibration else "cpu"  # magnitude scores read weights only
     check_paths(src_dir, out_dir)
     text_config = read_text_config(src_dir)
     num_layers = int(text_config["num_hidden_layers"])
@@ -116,7 +122,7 @@ def prune_checkpoint(src_dir: Path, out_dir: Path, config: FlapConfig, calibrati
     stats, described = None, None
     if config.needs_calibration:
         items, described = resolve(calibration, config.num_samples, config.seed, "flap")
-        stats = down_proj_stats(src_dir, items, config.calibration_tokens)
+        stats = down_proj_stats(src_dir, items, config.calibration_tokens, device=used)
         described["tokens"] = config.calibration_tokens
     read = _reader(locations)
     plan = plan_pruning(lambda i: read(MLP_KEY.format(i=i, proj="down_proj")), num_layers, text_config, config, stats)
@@ -124,7 +130,8 @@ def prune_checkpoint(src_dir: Path, out_dir: Path, config: FlapConfig, calibrati
         _write_weights(src_dir, partial, plan)
         _write_config(src_dir, partial, plan)
         copy_side_files(src_dir, partial)
-        write_recipe(src_dir, partial, _step(config, described, plan, time.perf_counter() - started))
+        step = _step(config, described, plan, time.perf_counter() - started)
+        write_recipe(src_dir, partial, {**step, "device": device_record(device, used)})
     return out_dir
 
 

@@ -12,7 +12,7 @@ from compress.distill_config import DistillConfig
 
 
 def run_steps(src_dir: Path, out_dir: Path, config: StepsConfig, calibration: Iterable | None = None, *,
-              compress_one: Callable[..., Path]) -> Path:
+              compress_one: Callable[..., Path], device: str = "auto") -> Path:
     """Runs every step of `config`; intermediate folders live inside `out_dir`.partial.
 
     Each step writes a complete checkpoint folder (with recipe.json, whose steps list grows
@@ -28,10 +28,13 @@ def run_steps(src_dir: Path, out_dir: Path, config: StepsConfig, calibration: It
             which needs a CalibrationSource: its examples carry answers).
         compress_one: runs one step (compress.checkpoint.compress_checkpoint, passed in by
             it: a steps config is one of the configs that function dispatches).
+        device: where each calibrated step computes (compress.device); every step records its own.
     """
+    from compress.device import resolve_device
     from compress.distill import distill_checkpoint
     from compress.folders import check_paths, fresh_partial
 
+    resolve_device(device)  # an unusable device fails before the first step
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     check_paths(src_dir, out_dir)
     partial = fresh_partial(out_dir)
@@ -41,9 +44,9 @@ def run_steps(src_dir: Path, out_dir: Path, config: StepsConfig, calibration: It
     for i, step in enumerate(config.steps):
         out = partial / f"step-{i}-{step.SCHEME}"
         if isinstance(step, DistillConfig):  # the teacher is the dense source, not the previous step
-            current = distill_checkpoint(src_dir, current, out, step, source=calibration)
+            current = distill_checkpoint(src_dir, current, out, step, source=calibration, device=device)
         else:
-            current = compress_one(current, out, step, items)
+            current = compress_one(current, out, step, items, device=device)
     current.rename(out_dir)
     shutil.rmtree(partial)
     return out_dir

@@ -101,6 +101,8 @@ def test_side_files_and_recipe_lineage(tiny_model_dir, compressed):
     assert step["config"]["scheme"] == "w4a16_gptq" and step["config"]["version"] == 1
     assert step["calibration"]["num_samples"] == 8 and step["calibration"]["seed"] == 0
     assert step["libraries"]["compressed-tensors"] == "0.17.0"
+    assert step["device"]["requested"] == "auto"
+    assert step["device"]["used"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_an_earlier_recipe_is_extended_not_replaced(tiny_model_dir, tmp_path):

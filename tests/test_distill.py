@@ -36,6 +36,7 @@ def test_distillation_brings_the_student_closer_to_the_teacher(pruned_and_distil
     _, _, distilled = pruned_and_distilled
     step = json.loads((distilled / "recipe.json").read_text())["steps"][-1]
     assert step["step"] == "distill" and step["config"]["scheme"] == "distill"
+    assert step["device"]["used"] == ("cuda" if torch.cuda.is_available() else "cpu")
     kl = step["held_out_kl"]
     assert kl["before"] > 0.01, "the pruning should have moved the student away from the teacher"
     assert kl["after"] < 0.8 * kl["before"], kl

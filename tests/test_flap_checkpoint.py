@@ -74,6 +74,8 @@ def test_recipe_records_the_prune_step(pruned):
     assert step["step"] == "prune" and step["config"]["scheme"] == "flap"
     assert step["calibration"]["num_samples"] == 8 and step["calibration"]["seed"] == 0
     assert [(s["kept"], s["removed"]) for s in step["layers"]] == [(192, 64), (128, 128), (192, 64), (256, 0)]
+    assert step["device"] == {"requested": "auto", "used": "cuda" if torch.cuda.is_available() else "cpu",
+                              **({"name": torch.cuda.get_device_name()} if torch.cuda.is_available() else {})}
 
 
 def test_load_pruned_builds_per_layer_widths_with_the_stored_bias(pruned):

@@ -151,10 +151,11 @@ def check_cuda_driver(platform: Platform, torch_cuda: str | None = None) -> None
     major, (have_major, have_minor) = int(wanted.split(".")[0]), platform.driver_cuda
     if have_major >= major:
         return
-    branch = _DRIVER_FOR_CUDA.get(major, f"a driver for CUDA {major}")
+    needed = f"NVIDIA driver {_DRIVER_FOR_CUDA[major]} or newer" if major in _DRIVER_FOR_CUDA else \
+        f"an NVIDIA driver that supports CUDA {major}"
     raise PlatformError(
         f"torch here is built for CUDA {wanted} but NVIDIA driver {platform.driver or '?'} supports CUDA up to "
-        f"{have_major}.{have_minor}: install NVIDIA driver {branch} or newer (or a torch built for CUDA "
+        f"{have_major}.{have_minor}: install {needed} (or a torch built for CUDA "
         f"{have_major}, in another venv)."
     )
 
