@@ -91,9 +91,9 @@ def test_global_ratio_zero_keeps_everything():
 
 def test_layer_roles_of_the_tiny_model_and_an_e4b_like_model(tiny_model_dir):
     text = json.loads((tiny_model_dir / "config.json").read_text())["text_config"]
-    roles = flap.layer_roles(text)  # [sliding, full, sliding, full], last layer KV-shared
+    roles = flap.layer_roles(text)  # [sliding, sliding, full, full], last layer KV-shared
     assert [r.kv_shared for r in roles] == [False, False, False, True]
-    assert [r.index for r in roles if r.kv_source] == [1]  # the shared layer is full attention
+    assert [r.index for r in roles if r.kv_source] == [2]  # the shared layer is full attention: it reads layer 2
     e4b = {"layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(42)],
            "num_kv_shared_layers": 18}
     roles = flap.layer_roles(e4b)

@@ -51,6 +51,21 @@ def test_tiny_model_has_e4b_structure():
     assert not any(f"layers.{last}.self_attn.k_proj" in n for n in names)  # KV-shared: no own k/v
 
 
+def test_tiny_model_is_shaped_the_way_llama_cpp_converts_and_serves_gemma_4():
+    """What llama.cpp's Gemma 4 converter and KV sharing require (README, "The tiny default model")."""
+    from harness.tiny import trained_budgets
+
+    text = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["text_config"]
+    types, shared = text["layer_types"], text["num_kv_shared_layers"]
+    owners = types[: len(types) - shared]  # the layers that keep their own KV cache
+    assert owners[-1] == "full_attention" and owners[-2] == "sliding_attention"
+    tokenizer = json.loads((DEFAULT_MODEL_DIR / "tokenizer.json").read_text())
+    assert tokenizer["model"]["type"] == "BPE" and tokenizer["model"]["byte_fallback"] is True
+    assert tokenizer["decoder"]["type"] == "Sequence"
+    assert {f"<0x{b:02X}>" for b in range(256)} <= tokenizer["model"]["vocab"].keys()
+    assert set(trained_budgets()) >= {70, 140, 280}
+
+
 @pytest.mark.server
 def test_served_tiny_model_answers_suite_items(served_tiny):
     from harness.config.schema import compose

@@ -337,30 +337,35 @@ class _StreamState:
         self.finish_reason: str | None = None
         self.prompt_tokens = self.output_tokens = 0
         self.usage_seen = False
-        self.usage_ms: list[tuple[float, int]] = []
+        self.usage_at: list[tuple[float, int]] = []  # (perf_counter, completion tokens so far)
 
     def take(self, chunk: dict[str, Any]) -> None:
-        """One parsed chunk (a dict straight from the event's JSON)."""
+        """One parsed chunk (a dict straight from the event's JSON).
+
+        Runs once per streamed token, so it only appends: times stay raw perf_counter values
+        until :meth:`record` turns them into milliseconds once per request.
+        """
         now = time.perf_counter()
-        if "error" in chunk:
+        choices = chunk.get("choices")
+        if choices:
+            for choice in choices:
+                delta = choice.get("delta")
+                if delta and (content := delta.get("content")):
+                    self.text.append(content)
+                    self.arrivals.append(now)
+                if (reason := choice.get("finish_reason")) is not None:
+                    self.finish_reason = reason
+        elif "error" in chunk:
             error = chunk["error"]
             raise StreamError(f"StreamError: {error.get('message', error) if isinstance(error, dict) else error}")
-        choices = chunk.get("choices")
-        for choice in choices or ():
-            delta = choice.get("delta")
-            content = delta.get("content") if delta else None
-            if content:
-                self.text.append(content)
-                self.arrivals.append(now)
-            if choice.get("finish_reason") is not None:
-                self.finish_reason = choice["finish_reason"]
         usage = chunk.get("usage")
         if usage is not None:
             if not choices:  # the final, usage-only chunk (include_usage): the answer is complete
                 self.usage_seen = True
-            self.prompt_tokens, self.output_tokens = usage_tokens(usage)  # harness.replay.tokens defines them
-            if not self.usage_ms or self.output_tokens > self.usage_ms[-1][1]:
-                self.usage_ms.append((round((now - self.start) * 1e3, 3), self.output_tokens))
+            prompt, output = usage_tokens(usage)  # harness.replay.tokens defines them
+            if output > self.output_tokens or not self.usage_at:
+                self.usage_at.append((now, output))
+            self.prompt_tokens, self.output_tokens = prompt, output
 
     def record(self, sample: Any, error: str | None) -> RequestRecord:
         end = time.perf_counter()
@@ -375,7 +380,8 @@ class _StreamState:
             latency_ms=(end - self.start) * 1e3, itl_ms=gaps, output_text="".join(self.text),
             finish_reason=self.finish_reason, error=error,
             start_s=self.wall_start_s, end_s=self.wall_start_s + (end - self.start), seed=body.seed,
-            usage_ms=tuple(self.usage_ms), max_tokens=limit, max_tokens_from=limit_from, sampling=body.sampling,
+            usage_ms=tuple((round((t - self.start) * 1e3, 3), n) for t, n in self.usage_at),
+            max_tokens=limit, max_tokens_from=limit_from, sampling=body.sampling,
         )
 
 

@@ -28,8 +28,9 @@ def usage_tokens(usage: Any) -> tuple[int, int]:
     """(prompt_tokens, output_tokens) of a response ``usage`` object or mapping; (0, 0) if absent."""
     if usage is None:
         return 0, 0
-    get = usage.get if isinstance(usage, dict) else lambda key: getattr(usage, key, None)
-    return int(get("prompt_tokens") or 0), int(get("completion_tokens") or 0)
+    if isinstance(usage, dict):  # the replay's parsed chunks: called once per streamed token
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    return int(getattr(usage, "prompt_tokens", None) or 0), int(getattr(usage, "completion_tokens", None) or 0)
 
 
 def output_tokens(records: Iterable[Counted]) -> int:
