@@ -61,6 +61,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_dir):
+    """A factory of fresh float32 copies of the tiny model (each test quantizes its own), on 1 thread."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    torch.set_num_threads(1)
+    return lambda: AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The committed tiny Gemma 4 when present, else a random-weight one built for this session."""

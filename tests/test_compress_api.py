@@ -10,7 +10,7 @@ import torch
 
 from compress import Fp8DynamicConfig, W4A16GptqConfig, W4A16RtnConfig, W8A8Int8Config, compress_, config_from_name
 from compress.plan import plan_modules, resolve
-from harness.build.calibration import suite_source
+from tests.tiny_inputs import calibration_inputs
 
 GEMMA4 = "model.language_model.layers.3."
 SHAPE = (256, 128)
@@ -87,20 +87,8 @@ def test_bad_configs_fail_at_construction():
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tiny_model_dir):
-    from transformers import AutoModelForImageTextToText
-
-    torch.set_num_threads(1)
-    return lambda: AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
 def calibration(tiny_model_dir):
-    from transformers import AutoProcessor
-
-    from compress.calibration import processor_inputs
-
-    return processor_inputs(AutoProcessor.from_pretrained(tiny_model_dir), suite_source().pairs(8, 0))
+    return calibration_inputs(tiny_model_dir, 8)
 
 
 def test_compress_replaces_selected_weights_with_their_dequantized_values(tiny_model):

@@ -14,26 +14,15 @@ import torch
 from compress import W4A16GptqConfig, compress_, compress_checkpoint, config_from_name
 from compress.device import check_device_name, resolve_device, to_device
 from harness.build.calibration import suite_source
+from tests.tiny_inputs import calibration_inputs
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a host without CUDA")
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tiny_model_dir):
-    from transformers import AutoModelForImageTextToText
-
-    torch.set_num_threads(1)
-    return lambda: AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
 def calibration(tiny_model_dir):
-    from transformers import AutoProcessor
-
-    from compress.calibration import processor_inputs
-
-    return processor_inputs(AutoProcessor.from_pretrained(tiny_model_dir), suite_source().pairs(4, 0))
+    return calibration_inputs(tiny_model_dir, 4)
 
 
 @pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:1"])

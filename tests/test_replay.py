@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import socket
@@ -83,14 +84,11 @@ def test_bad_request_becomes_an_error_record(served_tiny, samples) -> None:
         assert "BadRequestError" in r.error and r.output_tokens == 0 and r.ttft_ms is None
 
 
-@pytest.fixture
-def held_server():
-    """A real HTTP endpoint on loopback that accepts each request and never answers it.
-
-    A held request times out however fast the machine is; a real server's answer may not.
-    """
+@contextlib.contextmanager
+def _loopback(handle):
+    """A real TCP endpoint on 127.0.0.1 that gives each accepted connection to ``handle``
+    (on a thread); yields its port and stops the thread and the socket on exit."""
     listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
     stop = threading.Event()
 
     def accept() -> None:
@@ -100,19 +98,31 @@ def held_server():
                 conn, _ = listener.accept()
             except OSError:
                 continue
-            held.append(conn)  # read nothing back, answer nothing
+            handle(conn)
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    port = listener.getsockname()[1]
     try:
-        yield ServerTarget(f"http://127.0.0.1:{port}/v1", "held-key", "held-model")
+        yield listener.getsockname()[1]
     finally:
         stop.set()
         thread.join()
+        listener.close()
+
+
+@pytest.fixture
+def held_server():
+    """A real HTTP endpoint on loopback that accepts each request and never answers it.
+
+    A held request times out however fast the machine is; a real server's answer may not.
+    """
+    held: list[socket.socket] = []  # read nothing back, answer nothing
+    try:
+        with _loopback(held.append) as port:
+            yield ServerTarget(f"http://127.0.0.1:{port}/v1", "held-key", "held-model")
+    finally:
         for conn in held:
             conn.close()
-        listener.close()
 
 
 def test_timeout_becomes_an_error_record(held_server, samples) -> None:
@@ -146,47 +156,37 @@ def test_poisson_arrivals_are_seeded_with_the_asked_rate() -> None:
 
 
 def _sse_server(pieces: list[bytes], received: list | None = None):
-    """A real loopback HTTP endpoint that answers every request with ``pieces``, sent apart.
+    """A real loopback HTTP endpoint that answers every request with ``pieces``, sent apart
+    (a context manager yielding its port).
 
     Each piece goes out in its own TCP send after a pause, so an event can straddle two reads
     of the client, as it may from a busy server. ``received`` collects each request's JSON body.
     """
     import time
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.settimeout(5)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += conn.recv(65536)
+            if received is not None:
+                received.append(json.loads(body))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+            for piece in pieces:
+                time.sleep(0.02)
+                try:
+                    conn.sendall(piece)
+                except OSError:  # the client stopped reading (after an error event): fine
+                    break
 
-    def serve() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conn.settimeout(5)
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    request += conn.recv(65536)
-                head, _, body = request.partition(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
-                while len(body) < length:
-                    body += conn.recv(65536)
-                if received is not None:
-                    received.append(json.loads(body))
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
-                for piece in pieces:
-                    time.sleep(0.02)
-                    try:
-                        conn.sendall(piece)
-                    except OSError:  # the client stopped reading (after an error event): fine
-                        break
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return listener, stop, thread
+    return _loopback(answer)
 
 
 def _chunk(content: str | None, tokens: int, finish: str | None = None) -> bytes:
@@ -201,14 +201,9 @@ def test_events_split_across_reads_and_errors_inside_a_stream(samples, error_eve
     pieces = [first[:17], first[17:] + second[:9], second[9:]]
     pieces += [b'data: {"error": {"message": "engine died", "code": 500}}\n\n'] if error_event else []
     pieces += [_chunk(None, 2), b"data: [DONE]\n\n"]
-    listener, stop, thread = _sse_server(pieces)
-    try:
-        target = ServerTarget(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", "key", "model")
+    with _sse_server(pieces) as port:
+        target = ServerTarget(f"http://127.0.0.1:{port}/v1", "key", "model")
         [record] = replay(target, samples[:1], _workload(warmup_requests=0), _sampling(), show_progress=False).records
-    finally:
-        stop.set()
-        thread.join()
-        listener.close()
     assert record.output_text == "red" and record.finish_reason == "stop"
     assert [n for _, n in record.usage_ms] == [1, 2] and len(record.itl_ms) == 1
     if error_event:
@@ -237,16 +232,11 @@ def test_each_record_says_what_the_server_decoded_it_with(samples) -> None:
     """A real loopback server answers; the limit follows the prompt length the server reported (7 tokens)."""
     received: list = []
     pieces = [_chunk("red", 1, "stop"), _chunk(None, 1), b"data: [DONE]\n\n"]
-    listener, stop, thread = _sse_server(pieces, received)
-    try:
+    with _sse_server(pieces, received) as port:
         defaults = ServerDefaults({"top_p": 0.9}, max_model_len=40)
-        target = ServerTarget(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", "key", "model", defaults)
+        target = ServerTarget(f"http://127.0.0.1:{port}/v1", "key", "model", defaults)
         [record] = replay(target, samples[:1], _workload(warmup_requests=0), _sampling(send="messages"),
                           chat_template_kwargs={"enable_thinking": False}, show_progress=False).records
-    finally:
-        stop.set()
-        thread.join()
-        listener.close()
     assert set(received[0]) == {"model", "messages", "stream", "stream_options"}
     assert (record.max_tokens, record.max_tokens_from) == (33, "max_model_len")  # 40 - 7: no max_new_tokens
     assert record.sampling == {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
