@@ -158,7 +158,7 @@ def test_cli_prunes_by_magnitude(tiny_model_dir, tmp_path):
            "--multiple", "32", "--ratio", "0.2"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     sizes = json.loads((out / "config.json").read_text())["text_config"]["intermediate_sizes"]
-    assert sizes[1] == sizes[3] == 256  # full-attention layers are protected by default
+    assert sizes[2] == sizes[3] == 256  # full-attention layers are protected by default
     assert all(s % 32 == 0 for s in sizes) and sum(sizes) < 4 * 256
 
 
@@ -192,7 +192,7 @@ def test_harness_builds_the_flap_global_variant(tmp_path):
     folder = build_variant(run, log=lambda msg: None)
     config = json.loads((folder / "config.json").read_text())
     sizes = config["text_config"]["intermediate_sizes"]
-    assert config["flap_pruned"] and sizes[1] == sizes[3] == 256
+    assert config["flap_pruned"] and sizes[2] == sizes[3] == 256  # full attention kept
     assert 0.1 <= 1 - sum(sizes) / 1024 <= 0.3  # ratio 0.2 of all channels, rounded to 32 per layer
 
 
@@ -204,7 +204,7 @@ def test_harness_builds_the_flap_fp8_variant_in_two_steps(tmp_path):
     folder = build_variant(run, log=lambda msg: None)
     config = json.loads((folder / "config.json").read_text())
     assert folder.name.startswith("flap_fp8-")
-    assert config["text_config"]["intermediate_sizes"] == [256, 256, 192, 256]  # the tiny schedule
+    assert config["text_config"]["intermediate_sizes"] == [256, 192, 256, 256]  # the tiny schedule
     assert config["quantization_config"]["config_groups"]["group_0"]["input_activations"]["dynamic"] is True
     steps = json.loads((folder / "recipe.json").read_text())["steps"]
     assert [s["config"]["scheme"] for s in steps] == ["flap", "fp8_dynamic"]
