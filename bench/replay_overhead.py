@@ -45,6 +45,7 @@ from harness.config.schema import compose
 from harness.replay.client import chat_messages, replay
 from harness.replay.tokens import STREAM_OPTIONS
 from harness.replay.workloads.base import load_samples
+from harness.serve.capabilities import detect_platform
 from harness.serve.vllm import VllmServer
 from harness.tiny import DEFAULT_MODEL_DIR
 
@@ -105,7 +106,7 @@ def _body_build_cpu(server, samples, run) -> float:
 
     cpu0 = time.process_time()
     for s in samples:
-        request_body(server.target.model_name, s, run.sampling, {"top_k": run.sampling.top_k, "ignore_eos": True})
+        request_body(server.target.model_name, s, run.sampling, {"ignore_eos": True}, server.target.defaults)
     return time.process_time() - cpu0
 
 
@@ -170,10 +171,9 @@ def main() -> None:
         print(line, flush=True)
         lines.append(line)
 
-    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
     say(f"# {' '.join(sys.argv)}")
     say(f"# {datetime.date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{'AVX-512' if 'avx512f' in flags else 'AVX2'}; tiny model on CPU vLLM; {args.output_len} forced tokens")
+        f"{detect_platform().describe()}; tiny model on CPU vLLM; {args.output_len} forced tokens")
     run = compose([])
     most = max(args.requests or max(128, 4 * c) for c in args.concurrency)
     samples_all = load_samples(0, "test", most)

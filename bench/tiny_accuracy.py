@@ -29,6 +29,7 @@ from harness.replay.client import replay
 from harness.replay.workloads.base import load_samples
 from harness.replay.workloads.synthetic import FAMILIES
 from harness.score.quality import score
+from harness.serve.capabilities import check_platform, detect_platform
 from harness.serve.vllm import VllmServer
 from harness.tiny import DEFAULT_MODEL_DIR, trained_budgets
 
@@ -72,9 +73,8 @@ def main() -> None:
     weights = sum(p.stat().st_size for p in args.model.glob("*.safetensors"))
     log_path = args.model / "training_log.json"
     log = json.loads(log_path.read_text()) if log_path.is_file() else {}
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     say(f"# {' '.join(sys.argv)}")
-    say(f"# {datetime.date.today()}, {os.cpu_count()} cores, {'AVX-512' if 'avx512f' in flags else 'AVX2'}; "
+    say(f"# {datetime.date.today()}, {os.cpu_count()} cores, {detect_platform().describe()}; "
         f"{args.limit} test items")
     say(f"model {args.model.name}: {log.get('parameters', '?')} parameters, {weights / 1e6:.1f} MB of weights, "
         f"trained {log.get('train_s', '?')} s at budgets {log.get('budgets', [70])}")
@@ -86,8 +86,6 @@ def main() -> None:
         for scheme in args.schemes:
             from compress import compress_checkpoint
             from compress.configs import config_from_name
-            from harness.serve.capabilities import check_platform
-
             unservable = check_platform(compose([f"compress={scheme}"])).unservable
             if unservable:
                 say(f"{scheme}: skipped: {unservable}")

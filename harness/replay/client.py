@@ -304,16 +304,21 @@ async def _read_events(content: Any, state: _StreamState) -> None:
     """
     pending = b""
     async for data in content.iter_any():
-        lines = (pending + data).split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            if line.startswith(b"data:"):
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    return
-                state.take(json.loads(payload))
-    if pending.startswith(b"data:") and (payload := pending[5:].strip()) != b"[DONE]":
-        state.take(json.loads(payload))  # a last event without its newline
+        *lines, pending = (pending + data).split(b"\n")
+        if _feed(lines, state):
+            return
+    _feed([pending], state)  # a last event without its newline
+
+
+def _feed(lines: list[bytes], state: _StreamState) -> bool:
+    """Gives each ``data:`` line's JSON to ``state``; True at ``[DONE]``."""
+    for line in lines:
+        if line.startswith(b"data:"):
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                return True
+            state.take(json.loads(payload))
+    return False
 
 
 def _http_error(status: int, raw: bytes) -> str:
