@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from harness.energy.attribution import in_flight_pieces
+
 ATTRIBUTION = ("by time: each instant of the suite window split evenly among the requests in flight, each share "
                "counted as decode once that request's first output token arrived, else as prefill; instants with "
                "no request in flight are idle; joules = suite energy x share of the window's time (its average "
@@ -40,12 +42,11 @@ def decode_split(records: Sequence[Any], window: Mapping[str, Any] | None) -> di
     if not window or window.get("duration_s", 0) <= 0 or window.get("energy_j") is None:
         return None
     w0, w1 = window["start_s"], window["end_s"]
-    spans = [(max(r.start_s, w0), min(r.end_s, w1), first_token_s(r)) for r in records]
-    spans = [(a, b, first) for a, b, first in spans if b > a]
-    cuts = sorted({w0, w1, *(t for a, b, first in spans for t in (a, b, first) if t is not None and w0 <= t <= w1)})
+    spans = [(first_token_s(r), max(r.start_s, w0), min(r.end_s, w1)) for r in records]
+    spans = [(first, a, b) for first, a, b in spans if b > a]
+    firsts = [first for first, _, _ in spans if first is not None and w0 <= first <= w1]
     decode = prefill = idle = 0.0
-    for t0, t1 in zip(cuts, cuts[1:]):
-        live = [first for a, b, first in spans if a <= t0 and b >= t1]
+    for t0, t1, live in in_flight_pieces(spans, (w0, w1, *firsts)):
         if not live:
             idle += t1 - t0
             continue
