@@ -15,7 +15,10 @@ from harness.errors import RunFailed
 # How often the watchdog asks whether the server process is still there; bounds the time
 # from a server death to the replay being cancelled.
 WATCH_INTERVAL_S = 0.5
-
+# A replay that ended with failed requests may have been cut by a server that is dying: its
+# sockets close (the client sees "connection reset") a moment before the process can be
+# reaped. The watchdog gives the process this long to show whether it exited.
+DEATH_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ async def _watch(server, samples, workload, sampling, chat_template_kwargs, log_
             finished, _ = await asyncio.wait({task}, timeout=WATCH_INTERVAL_S)
             try:
                 server.check_alive()  # also once the replay ends: requests to a dead port fail fast
+                if finished and task.result().errors:
+                    await _confirm_alive(server)
             except ServerError as err:
                 failed_at_s = now()
                 await _cancel(task)
@@ -76,6 +81,15 @@ async def _watch(server, samples, workload, sampling, chat_template_kwargs, log_
             await _cancel(task)
         if sink is not None:
             sink.close()
+
+
+async def _confirm_alive(server: Any) -> None:
+    """Raises the server's ServerError if it exits within DEATH_GRACE_S; returns once that time has passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEATH_GRACE_S
+    while loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        server.check_alive()
 
 
 def _cut_short(done: Sequence[Any], err: Exception, failed_at_s: float) -> GuardedReplay:
