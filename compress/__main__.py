@@ -8,10 +8,18 @@ from pathlib import Path
 
 from compress.configs import CONFIGS, config_from_name
 from compress.device import check_device_name
+from compress.gguf_config import CONVERTER_TYPES
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments answered in one line (what is wrong and what is allowed) with exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see python -m compress --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m compress", description=__doc__)
+    p = _Parser(prog="python -m compress", description=__doc__)
     p.add_argument("src_dir", type=Path, help="transformers checkpoint folder (Llama, Gemma 3 or Gemma 4)")
     p.add_argument("out_dir", type=Path, help="output folder (must not exist)")
     p.add_argument("--scheme", required=True, choices=sorted(set(CONFIGS) - {"steps"}),
@@ -32,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     flap.add_argument("--multiple", type=int, help="kept widths rounded to this multiple (default 128)")
     flap.add_argument("--no-bias", action="store_true", help="no bias compensation (zero down_proj bias)")
     flap.add_argument("--protect-layers", type=int, nargs="+", help="decoder layers never pruned")
+    gguf = p.add_argument_group("gguf_* (GGUF export for llama.cpp; see compress.gguf_config.GgufConfig)")
+    gguf.add_argument("--mmproj-type", choices=CONVERTER_TYPES,
+                      help="type of the vision tower and projector file (default f16)")
+    gguf.add_argument("--intermediate", choices=("f32", "f16", "bf16"),
+                      help="gguf_q4_0, gguf_q4_k_m: the converted file llama-quantize reads (default bf16)")
     return p
 
 
@@ -59,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     params.update({k: v for k, v in (("num_samples", args.num_samples), ("seed", args.seed)) if v is not None})
     if args.scheme == "flap":
         params.update(_flap_params(args))
+    params.update({k: v for k, v in (("mmproj_type", args.mmproj_type), ("intermediate", args.intermediate))
+                   if v is not None})
     config = config_from_name(args.scheme, **params)
     from compress.calibration import CalibrationSource
     from compress.checkpoint import compress_checkpoint

@@ -8,6 +8,7 @@ from typing import Iterable
 
 from compress.configs import CompressConfig, DistillConfig, FlapConfig, StepsConfig, W4A16GptqConfig, config_to_dict
 from compress.folders import atomic_folder, check_paths, load_model
+from compress.gguf_config import GGUF_CONFIGS
 from compress.schemes import LayerSpec
 
 
@@ -52,8 +53,15 @@ def _distill_alone(src_dir: Path, out_dir: Path, config, calibration, device: st
                      "config after a flap step (see conf/compress/prune_distill_w4a16.yaml)")
 
 
-# Configs that are not a quantization: pruning, distillation, and sequences of steps.
-_OTHER_KINDS = {FlapConfig: _prune, StepsConfig: _steps, DistillConfig: _distill_alone}
+def _gguf(src_dir: Path, out_dir: Path, config, calibration, device: str) -> Path:
+    from compress.gguf import export_gguf
+
+    return export_gguf(src_dir, out_dir, config)
+
+
+# Configs that make no compressed-tensors folder: pruning, distillation, sequences of steps, GGUF export.
+_OTHER_KINDS = {FlapConfig: _prune, StepsConfig: _steps, DistillConfig: _distill_alone,
+                **{c: _gguf for c in GGUF_CONFIGS}}
 
 
 def compress_checkpoint(
@@ -63,7 +71,8 @@ def compress_checkpoint(
 
     Data-free schemes stream tensor by tensor (the model is never built); GPTQ loads the
     model and calibrates it layer by layer; FlapConfig prunes (compress.prune); StepsConfig
-    runs its steps in order. The folder appears atomically when complete.
+    runs its steps in order; a GgufConfig writes the GGUF pair llama-server serves instead
+    (compress.gguf). The folder appears atomically when complete.
 
     Args:
         src_dir: transformers checkpoint (config.json, safetensors, tokenizer, processor).

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from compress.distill_config import DistillConfig
 from compress.flap_config import FlapConfig
+from compress.gguf_config import GGUF_CONFIGS, GgufConfig
 from compress.schemes import LayerSpec, layer_spec
 
 # Module-name patterns follow compressed-tensors/vLLM rules: "re:" means re.match (anchored
@@ -189,6 +190,10 @@ class StepsConfig:
         object.__setattr__(self, "steps", steps)
         if not steps:
             raise ValueError("steps is empty: list at least one {scheme: ..., fields...} entry")
+        gguf = [s.SCHEME for s in steps if isinstance(s, GgufConfig)]
+        if gguf:
+            raise ValueError(f"{gguf[0]} inside a steps list: a GGUF export reads only a dense, unpruned checkpoint "
+                             "(llama.cpp has no pruned FFN widths), so use it alone")
         quantized = [i for i, s in enumerate(steps) if isinstance(s, CompressConfig)]
         if quantized and any(isinstance(s, FlapConfig) for s in steps[quantized[0]:]):
             raise ValueError("a flap step follows a quantization step: prune first, then quantize")
@@ -218,7 +223,7 @@ def _step_config(step: Any) -> Any:
         if step["scheme"] == StepsConfig.SCHEME:
             raise ValueError("steps cannot nest: list every step in one steps list")
         return config_from_name(step["scheme"], **{k: v for k, v in step.items() if k != "scheme"})
-    if isinstance(step, (CompressConfig, FlapConfig, DistillConfig)):
+    if isinstance(step, (CompressConfig, FlapConfig, DistillConfig, GgufConfig)):
         return step
     raise ValueError(f"step {step!r} is neither a config nor a {{scheme: ...}} mapping")
 
@@ -226,9 +231,14 @@ def _step_config(step: Any) -> Any:
 CONFIGS: dict[str, type] = {
     c.SCHEME: c
     for c in (Fp8Config, Fp8DynamicConfig, W4A16RtnConfig, W4A16GptqConfig, W8A8Int8Config, FlapConfig,
-              DistillConfig, StepsConfig)
+              DistillConfig, StepsConfig, *GGUF_CONFIGS)
 }
 DATA_FREE_SCHEMES: tuple[str, ...] = ("fp8", "fp8_dynamic", "w4a16_rtn", "w8a8_int8")
+
+
+def uses_llama_cpp(config: Any) -> bool:
+    """Whether building ``config`` runs llama.cpp's converter and tools (a GGUF export)."""
+    return isinstance(config, GgufConfig)
 
 
 def calibrates(config: Any) -> bool:

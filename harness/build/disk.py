@@ -29,10 +29,15 @@ def require_space(src: Path, cache: Path, compress_config: Any, scheme: str) -> 
 def estimate_checkpoint_bytes(src: Path, compress_config: Any) -> int:
     """Bytes a compressed copy of ``src`` will take: quantized linears at the scheme's bytes per
     weight plus their scales, every other tensor as stored in the source, plus side files.
-    Pruning and multi-step configs are bounded by the source's own size (they only shrink it)."""
+    Pruning and multi-step configs are bounded by the source's own size (they only shrink it).
+    A 4-bit GGUF export holds a 16-bit intermediate beside its output until it finishes: bounded by
+    twice the source (a 16-bit GGUF or Q8_0 is no larger than the source)."""
+    from compress.configs import uses_llama_cpp
     from compress.plan import plan_modules  # lazy: compress's planning imports its configs
 
     tensors = read_tensors(src)
+    if uses_llama_cpp(compress_config):
+        return SIDE_FILES_MARGIN_BYTES + 2 * sum(t.nbytes for t in tensors.values())
     if not hasattr(compress_config, "effective_targets"):
         return SIDE_FILES_MARGIN_BYTES + sum(t.nbytes for t in tensors.values())
     shapes = {n[: -len(".weight")]: t.shape for n, t in tensors.items() if n.endswith(".weight")}

@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from compress.configs import calibrates, config_to_dict
+from compress.configs import calibrates, config_to_dict, uses_llama_cpp
+from compress.llama_cpp_home import build_info
 from harness.build.calibration import suite_source
 from harness.build.disk import require_space
 from harness.build.headers import check_headers
@@ -22,6 +23,8 @@ SAMPLES, SAMPLE_BYTES = 64, 64 * 2**10
 # What a served or compressed checkpoint needs from a hub repository (weights, configs, tokenizer,
 # chat template), leaving out what vLLM never reads (other formats, images of the model card).
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]
+# BUILD.json fields that say when and how fast llama.cpp was built, not what was built.
+BUILD_TIMING = ("date", "build_seconds", "download_seconds")
 
 
 def is_hub_id(path_or_id: str) -> bool:
@@ -127,7 +130,10 @@ def cached_build_dir(run: RunConfig, spec: CompressSpec, src: Path, config) -> P
     """Where the build of ``spec`` from the base model folder ``src`` lives in run.cache_dir."""
     cache = Path(run.cache_dir)
     data = suite_source().fingerprint if calibrates(config) else None
-    key = cache_key(src, {"scheme": spec.scheme, **config_to_dict(config)}, calibration=data)
+    params = {"scheme": spec.scheme, **config_to_dict(config)}
+    if uses_llama_cpp(config):  # GGUFs are written by llama.cpp's tools: another build, another GGUF
+        params["llama_cpp"] = {k: v for k, v in build_info().items() if k not in BUILD_TIMING}
+    key = cache_key(src, params, calibration=data)
     return cache / f"{spec.scheme}-{key}"
 
 
@@ -148,7 +154,7 @@ def build_variant(run: RunConfig, compress: CompressSpec | None = None, log=prin
     from compress import compress_checkpoint  # lazy: imports torch
 
     out = cached_build_dir(run, spec, src, config)
-    if (out / "config.json").is_file():
+    if is_built(out):
         log(f"build: cached {spec.scheme} checkpoint {out}")
         return out
     require_space(src, out.parent, config, spec.scheme)
@@ -160,6 +166,12 @@ def build_variant(run: RunConfig, compress: CompressSpec | None = None, log=prin
     except BaseException:  # failed or interrupted (Ctrl-C, SIGTERM): no half-written checkpoint stays
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+def is_built(out: Path) -> bool:
+    """Whether a cached build is whole: compress writes into <out>.partial and renames it at the end, and
+    every folder it writes has config.json (compressed-tensors) or recipe.json (GGUF, which has no config.json)."""
+    return (out / "config.json").is_file() or (out / "recipe.json").is_file()
 
 
 def check_build(run: RunConfig, spec: Any) -> None:
@@ -174,6 +186,8 @@ def check_build(run: RunConfig, spec: Any) -> None:
     cached = cached_build_dir(run, spec, src, config)
     if (cached / "config.json").is_file():
         check_headers(cached)  # refused now rather than when the server loads it
+        return
+    if is_built(cached):  # a GGUF folder
         return
     require_space(src, cache, config, spec.scheme)
 
