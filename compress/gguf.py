@@ -10,6 +10,8 @@ the server that reads them; this module only runs them, checks the result and re
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -60,6 +62,7 @@ def export_gguf(src_dir: Path, out_dir: Path, config: GgufConfig) -> Path:
         _quantize(intermediate, text, config.TAG)
         intermediate.unlink()
     _convert(src_dir, mmproj, config.mmproj_type, mmproj=True)
+    _record_pooling(src_dir, mmproj)
     if read_field(text, "tokenizer.chat_template") != template:
         raise GgufExportError(f"{text.name} does not hold {src_dir}'s chat template: llama-server would prompt the "
                               "model with another one")
@@ -135,6 +138,33 @@ def _convert(src_dir: Path, out: Path, outtype: str, mmproj: bool = False) -> No
     command = [sys.executable, str(converter()), str(src_dir), "--outfile", str(out), "--outtype", outtype]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(gguf_py()), os.environ.get("PYTHONPATH")]))}
     _run([*command, "--mmproj"] if mmproj else command, out, env)
+
+
+# llama.cpp's mtmd assumes Gemma 4's vision pooling (3x3: E2B/E4B) unless the mmproj names another,
+# and the converter never writes it: a checkpoint pooling 2x2 (the tiny model) would be fed 9/4 as many
+# image tokens as the HF processor and vLLM give it, and answer from a picture cut up wrongly.
+SCALE_FACTOR_KEY = "clip.vision.projector.scale_factor"
+
+
+def _record_pooling(src_dir: Path, mmproj: Path) -> None:
+    """Writes the checkpoint's vision ``pooling_kernel_size`` into the mmproj as its projector scale factor."""
+    kernel = (json.loads((src_dir / "config.json").read_text()).get("vision_config") or {}).get("pooling_kernel_size")
+    if kernel is None or read_field(mmproj, SCALE_FACTOR_KEY) == kernel:
+        return
+    gguf = gguf_module()
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    reader = gguf.GGUFReader(mmproj)
+    rewritten = mmproj.with_suffix(".pooling.gguf")
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+    writer = gguf.GGUFWriter(rewritten, arch=arch, endianess=reader.endianess)
+    if (alignment := reader.get_field(gguf.Keys.General.ALIGNMENT)) is not None:
+        writer.data_alignment = alignment.contents()
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
+        copy_with_new_metadata(reader, writer, {SCALE_FACTOR_KEY: MetadataDetails(gguf.GGUFValueType.UINT32,
+                                                                                   int(kernel))}, [])
+    del reader  # its memory map of the old file
+    rewritten.replace(mmproj)
 
 
 def _quantize(src: Path, out: Path, tag: str) -> None:

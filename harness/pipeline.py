@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.build.variant import build_variant
-from harness.config.schema import RunConfig
+from harness.config.schema import EngineConfig, RunConfig
 from harness.energy import MEASUREMENT_VERSION
 from harness.preflight import check_session, generation_changes, preflight
 from harness.record import provenance
@@ -28,6 +29,8 @@ from harness.score.baseline import gate_against
 from harness.score.lmeval.engine import engine_quality
 from harness.score.offline_run import run_offline
 from harness.score.quality import score
+from harness.score.thinking import thinking_summary, thinking_warning, tokenizer_counter
+from harness.serve.llama_cpp_settings import template_changes
 from harness.trials import Arm, Trial, run_session
 
 
@@ -44,6 +47,7 @@ def run(run_cfg: RunConfig, config: dict[str, Any], console=None, baseline: RunC
     Returns the variant's RunResult (the baseline's is written beside it).
     """
     say = console.print if console is not None else print
+    baseline = vllm_baseline(baseline)
     check = preflight(run_cfg)
     samples = load_workload(run_cfg.workload)
     if check.unservable:
@@ -78,6 +82,18 @@ def run(run_cfg: RunConfig, config: dict[str, Any], console=None, baseline: RunC
         raise failure
     print_summary(results[-1], Path(arms[-1].root), console)
     return results[-1]
+
+
+def vllm_baseline(baseline: RunConfig | None) -> RunConfig | None:
+    """The baseline served by vLLM, whatever engine the variant uses.
+
+    The competition compares entries across engines against one bf16 reference, so a GGUF
+    variant on llama.cpp is gated against the same bf16 vLLM baseline as every other variant
+    (an ``engine=...`` override given for the variant does not carry over to it).
+    """
+    if baseline is None or baseline.engine.name == "vllm":
+        return baseline
+    return dataclasses.replace(baseline, engine=EngineConfig())
 
 
 def _arm(run_cfg: RunConfig, check, samples, started: datetime, say, resume=None) -> Arm:
@@ -174,16 +190,34 @@ def _record(arm: Arm, error: str | None, baseline: RunResult | None) -> RunResul
             gate = gate_against(run_cfg, cfg, report, energy, baseline)
     serve["model_dir"] = str(arm.model_dir) if arm.model_dir else None
     serve["changes_from_base"] = [str(c) for c in generation_changes(run_cfg, arm.check.serve, arm.model_dir)]
+    serve["engine"] = arm.engine or {"name": run_cfg.engine.name}
+    if run_cfg.engine.name == "llama_cpp":
+        serve["changes_from_base"] += template_changes(run_cfg.model.resolved_path(), arm.engine)
     if arm.resumed_from:
         extra = {"resume": {"resumed_from": arm.resumed_from, "reused_requests": len(arm.reused),
                             "replayed_requests": len(first.played.records) if first else 0}}
+    thinking = _thinking(run_cfg, arm, records) if records else None
     result = RunResult(
         run_id=paths_root.name, variant=run_cfg.name, status="ok" if error is None else "failed",
         started_at=arm.started.isoformat(), ended_at=datetime.now(timezone.utc).isoformat(),
         config=cfg, provenance={**provenance.collect(), **extra}, serve=serve, energy=energy,
         quality=quality, latency=stats[0], throughput=stats[1], counts=stats[2], gate=gate, error=error,
-        lengths=output_lengths(records) if records else None,
+        lengths=output_lengths(records) if records else None, thinking=thinking,
     )
     write_result(paths_root, result)
     append_row(Path(run_cfg.results_dir) / "runs.jsonl", flat_row(result))
     return result
+
+
+def _thinking(run_cfg: RunConfig, arm: Arm, records) -> dict[str, Any]:
+    """Thought blocks in trial 1's answers (harness.score.thinking), counted with the base model's tokenizer;
+    a thought while thinking is off is said on the console as well as flagged in result.json."""
+    enabled = bool((arm.check.serve.chat_template_kwargs or {}).get("enable_thinking"))
+    texts = [r.output_text for r in records if r.error is None]
+    try:
+        summary = thinking_summary(texts, enabled, tokenizer_counter(run_cfg.model.resolved_path()))
+    except (OSError, ValueError):  # no tokenizer to count with: the blocks are still found, their length not
+        summary = thinking_summary(texts, enabled)
+    if (line := thinking_warning(summary)) is not None:
+        print(f"warning: {line}")
+    return summary

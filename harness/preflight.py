@@ -13,10 +13,12 @@ from harness.build.headers import check_headers, read_config
 from harness.build.variant import check_build, check_model
 from harness.config.schema import RunConfig, ServeConfig, group_options
 from harness.energy import check_meter
-from harness.errors import ConfigError
+from harness.errors import ConfigError, PlatformError
 from harness.score.lmeval.engine import check_engine
-from harness.serve.capabilities import PlatformCheck, check_platform
+from harness.serve.capabilities import Platform, PlatformCheck, check_platform
 from harness.serve.generation import Change, changes_from_base, describe_defaults, server_defaults
+from harness.serve.llama_cpp import check_llama_config, server_help
+from harness.serve.llama_cpp_home import LlamaCppMissing, binary, build_info
 from harness.serve.vllm import vllm_args
 from harness.trials import server_mode
 
@@ -32,7 +34,9 @@ def preflight(run_cfg: RunConfig) -> PlatformCheck:
     Raises:
         HarnessError: one sentence naming the problem and the fix.
     """
+    check_serving_engine(run_cfg)
     check = check_platform(run_cfg)
+    check_llama_platform(run_cfg, check.platform)
     check_results_dir(run_cfg.results_dir)
     check_meter(run_cfg.energy.meter)
     check_model(run_cfg.model.resolved_path())
@@ -43,6 +47,66 @@ def preflight(run_cfg: RunConfig) -> PlatformCheck:
     return check
 
 
+# compress schemes that write a GGUF folder (compress/gguf.py): served by llama.cpp only, and only they are.
+GGUF_PREFIX = "gguf_"
+# Serve settings that change what the judges' vLLM decodes but that llama-server cannot take.
+_VLLM_ONLY_BEHAVIOUR = ("chat_template", "generation_config")
+# vLLM sizing settings a model or variant file may set; llama-server runs at its own defaults instead.
+_VLLM_ONLY_SIZING = ("max_model_len", "max_num_seqs", "enable_chunked_prefill", "enable_prefix_caching",
+                     "max_soft_tokens")
+
+
+def check_serving_engine(run: RunConfig) -> None:
+    """The engine can serve the variant: GGUF folders on llama.cpp (built here), everything else on vLLM.
+
+    Raises:
+        ConfigError: one sentence naming the fix.
+    """
+    gguf = run.compress.scheme.startswith(GGUF_PREFIX)
+    if run.engine.name == "vllm":
+        if gguf:
+            raise ConfigError(f"compress scheme {run.compress.scheme} writes a GGUF, which vLLM does not serve here: "
+                              "run it with engine=llama_cpp (the gguf_* variants set it)")
+        return
+    if not gguf:
+        raise ConfigError(f"engine=llama_cpp serves GGUF variants only, and compress scheme {run.compress.scheme} "
+                          "is a vLLM checkpoint: pick a gguf_* variant (e.g. +variant=gguf_q4_k_m) or engine=vllm")
+    set_here = [f"serve.{key}" for key in _VLLM_ONLY_BEHAVIOUR if getattr(run.serve, key)]
+    if set_here:
+        raise ConfigError(f"{', '.join(set_here)} is a vLLM setting that llama-server cannot take (the GGUF carries "
+                          "the chat template): drop it, or pass llama-server's own option in engine.llama_config")
+    try:
+        binary("llama-server")
+    except LlamaCppMissing as err:
+        raise ConfigError(str(err)) from err
+    problem = check_llama_config(run.engine.llama_config, server_help() if run.engine.llama_config else "")
+    if problem:
+        raise ConfigError(problem)
+    ignored = [f"serve.{key}={getattr(run.serve, key)}" for key in _VLLM_ONLY_SIZING if getattr(run.serve, key)]
+    if ignored:
+        log.warning("engine=llama_cpp: %s apply to vLLM only; llama-server runs at its own defaults unless "
+                    "engine.llama_config sets its options (e.g. ctx-size, parallel)", ", ".join(ignored))
+
+
+def check_llama_platform(run: RunConfig, platform: Platform) -> None:
+    """llama.cpp's build must fit this machine: built for this CPU's instruction set (-march=native), and
+    with CUDA when the run meters a GPU (else the meter would read a GPU the server never uses).
+
+    Raises:
+        PlatformError: one sentence naming the fix.
+    """
+    if run.engine.name != "llama_cpp":
+        return
+    info = build_info()
+    missing = sorted(set(info.get("cpu_flags") or ()) - platform.cpu_flags) if platform.cpu_flags else []
+    if missing:
+        raise PlatformError(f"llama.cpp here was built for a CPU with {', '.join(missing[:4])}, which this CPU lacks: "
+                            "rebuild it for this machine with `bash scripts/install.sh`")
+    if platform.device == "cuda" and info.get("flavour") != "gpu":
+        raise PlatformError("llama.cpp here is a CPU build, but the run would meter the GPU: build it with CUDA "
+                            "(`bash scripts/install.sh gpu`), or serve on the CPU with CUDA_VISIBLE_DEVICES=")
+
+
 def generation_changes(run: RunConfig, serve: ServeConfig, served_dir: str | Path | None = None) -> list[Change]:
     """How the generation config and chat template served differ from the base model's, with what each changes.
 
@@ -51,7 +115,7 @@ def generation_changes(run: RunConfig, serve: ServeConfig, served_dir: str | Pat
     and serve.chat_template count as served. [] when the base model is not a local folder.
     """
     base = Path(run.model.resolved_path()).expanduser()
-    if not base.is_dir():
+    if not base.is_dir() or run.engine.name == "llama_cpp":  # a GGUF's template: read back from the server
         return []
     served = Path(served_dir) if served_dir is not None and Path(served_dir).is_dir() else base
     return changes_from_base(served, base, vllm_args(served, serve, served_model_name="model"))
@@ -61,6 +125,10 @@ def generation_notes(run: RunConfig, serve: ServeConfig) -> list[str]:
     """Warnings for what changes the judged behaviour: every change from the base model's generation
     config or chat template and, when requests carry no sampling, what the server fills in."""
     notes = [str(change) for change in generation_changes(run, serve)]
+    if run.engine.name == "llama_cpp":
+        return notes + (["sampling.send=messages: requests carry no sampling; llama-server fills in its own "
+                         "defaults (read back from it and recorded in result.json serve.engine.sampling)"]
+                        if run.sampling.send == "messages" else [])
     defaults = server_defaults(Path(run.model.resolved_path()).expanduser(), serve.generation_config)
     if run.sampling.send == "messages" and defaults is not None:
         notes.append(f"sampling.send=messages: requests carry no sampling; the server fills in "
@@ -77,7 +145,11 @@ def check_session(run_cfg: RunConfig, check: PlatformCheck, with_baseline: bool)
     Raises:
         ConfigError: the setting that fixes it.
     """
-    mode = server_mode(run_cfg.trial_server, check.platform.device)
+    try:
+        server_mode(run_cfg.trial_server, check.platform.device, run_cfg.engine.name)  # llama.cpp: never shared
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    mode = server_mode(run_cfg.trial_server, check.platform.device)  # vLLM arms'; llama.cpp arms run fresh
     if mode != "shared" or not with_baseline:
         return mode
     if run_cfg.serve.port:

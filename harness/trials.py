@@ -9,6 +9,9 @@ Each server is warmed up with samples outside the suite, then measured idle, bef
 first trial. Trials alternate between baseline and variant (``trial_order``): "abba" runs
 B V V B B V ... so that a linear drift over the session falls on both sides alike;
 "alternate" runs B V B V ...
+
+A variant served by llama.cpp (engine llama_cpp) runs every trial on a fresh llama-server,
+whatever the mode of its vLLM baseline: llama-server has no route that empties its prompt cache.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from harness.replay.client import ReplayResult, replay
 from harness.replay.tokens import tokens_between
 from harness.replay.watchdog import guarded_replay
 from harness.serve.cache import DEV_MODE_ENV, CacheCounters, read_metrics, reset_caches, warmer_than_first
+from harness.serve.llama_cpp import LlamaServer
 from harness.serve.vllm import VllmServer
 
 SERVED_NAME = "model"
@@ -85,6 +89,7 @@ class Arm:
     source: str | None = None
     meter_kind: str | None = None
     cache_config: dict[str, str] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)  # what its server reported using (llama.cpp: read back)
     live: dict[str, Any] = field(default_factory=dict)  # server, meter, idle window while serving
 
     @property
@@ -92,10 +97,20 @@ class Arm:
         return next((t.failure for t in self.trials if t.failure is not None), None)
 
 
-def server_mode(trial_server: str, device: str) -> str:
-    """``trial_server`` resolved: "auto" is shared on a CPU and fresh on a GPU."""
+def server_mode(trial_server: str, device: str, engine: str = "vllm") -> str:
+    """``trial_server`` resolved: "auto" is shared on a CPU and fresh on a GPU; always fresh for llama.cpp.
+
+    Shared mode relies on vLLM's cache-reset routes and counters; llama-server has no route that
+    empties its prompt cache, and starts in well under a second on the tiny model, so each of its
+    trials gets a fresh server.
+    """
     if trial_server not in (*SERVERS, "auto"):
         raise ValueError(f"trial_server must be auto or one of {SERVERS}, got {trial_server!r}")
+    if engine == "llama_cpp":
+        if trial_server == "shared":
+            raise ValueError("trial_server=shared empties vLLM's caches between trials, and llama-server has no "
+                             "route that empties its prompt cache: set trial_server=auto or fresh for engine llama_cpp")
+        return "fresh"
     if trial_server != "auto":
         return trial_server
     return "fresh" if device == "cuda" else "shared"
@@ -122,24 +137,25 @@ def run_session(arms: list[Arm], trials: int, order: str, server_mode: str, say)
     """Runs every arm's trials in ``schedule`` order, filling each Arm; stops at the first failure.
 
     In shared mode the servers of all arms start first and stay up; in fresh mode each trial
-    starts and stops its own. lm-eval (quality.engine=lm_eval) runs once per arm, after its
-    trials, on a server of its own in fresh mode.
+    starts and stops its own. An arm served by llama.cpp is always fresh (``server_mode``).
+    lm-eval (quality.engine=lm_eval) runs once per arm, after its trials, on a server of its
+    own in fresh mode.
     """
-    fresh = server_mode == "fresh"
+    fresh = [server_mode == "fresh" or arm.run_cfg.engine.name == "llama_cpp" for arm in arms]
     with contextlib.ExitStack() as session:
-        if not fresh:
-            for arm in arms:
+        for arm, own_servers in zip(arms, fresh):
+            if not own_servers:
                 session.enter_context(_serving(arm, say, reset=True, trace="power_trace.csv"))
         for position, (arm_index, k) in enumerate(schedule(trials, order, with_baseline=len(arms) > 1)):
             arm = arms[arm_index]
             trace = f"power_trace.trial{k}.csv" if k > 1 else "power_trace.csv"
-            with _serving(arm, say, reset=False, trace=trace) if fresh else contextlib.nullcontext():
+            with _serving(arm, say, reset=False, trace=trace) if fresh[arm_index] else contextlib.nullcontext():
                 say(f"trial {k}/{trials} of {arm.name}")
                 _trial(arm, k, position)
             if arm.failure is not None:
                 return
-        for arm in arms:  # lm-eval, when selected: on the live server, or a fresh one of its own
-            if not fresh:
+        for arm, own_servers in zip(arms, fresh):  # lm-eval, when selected: on the live server, or one of its own
+            if not own_servers:
                 _after_trials(arm)
             elif arm.run_cfg.quality.engine != "harness":
                 with _serving(arm, say, reset=False, trace="power_trace.lm_eval.csv"):
@@ -154,10 +170,9 @@ def _serving(arm: Arm, say, reset: bool, trace: str) -> Iterator[None]:
     warm-up (shared mode). ``trace``: the file in the run directory the power trace goes to.
     """
     rc = arm.run_cfg
-    env = DEV_MODE_ENV if reset else {}
-    say(f"starting the {arm.name} server")
-    with VllmServer(arm.model_dir, arm.check.serve, arm.root, served_model_name=SERVED_NAME,
-                    dtype=rc.model.dtype, platform=arm.check.platform, env=env) as server:
+    say(f"starting the {arm.name} server ({rc.engine.name})")
+    with _server(arm, reset) as server:
+        arm.engine = arm.engine or engine_record(server)
         with make_meter(rc.energy.meter, **meter_settings(rc, server)) as meter:
             arm.source, arm.meter_kind = meter.source, meter.kind
             arm.gpu = arm.gpu or ({"start": _gpu_state(meter)} if meter.kind == "nvml" else None)
@@ -166,8 +181,9 @@ def _serving(arm: Arm, say, reset: bool, trace: str) -> Iterator[None]:
                        chat_template_kwargs=arm.check.serve.chat_template_kwargs)
             if reset:
                 reset_caches(server.target)
-            with contextlib.suppress(Exception):  # informative only: a vLLM without the gauge
-                arm.cache_config = read_metrics(server.target)[1]
+            if isinstance(server, VllmServer):
+                with contextlib.suppress(Exception):  # informative only: a vLLM without the gauge
+                    arm.cache_config = read_metrics(server.target)[1]
             idle_t0 = now()
             time.sleep(idle_seconds(rc.energy.idle_s, arm.check.platform.device))  # loaded, warm, no request
             idle = meter.energy_between(idle_t0, now(), name="idle")
@@ -183,6 +199,23 @@ def _serving(arm: Arm, say, reset: bool, trace: str) -> Iterator[None]:
                 with contextlib.suppress(MeterError, OSError, ValueError):
                     meter.write_trace(arm.root / trace)
                 arm.live = {}
+
+
+def _server(arm: Arm, reset: bool) -> VllmServer | LlamaServer:
+    """The arm's server, by engine; ``reset``: vLLM with its cache-reset routes (shared mode)."""
+    rc = arm.run_cfg
+    if rc.engine.name == "llama_cpp":
+        return LlamaServer(arm.model_dir, arm.check.serve, rc.engine, arm.root, served_model_name=SERVED_NAME,
+                           platform=arm.check.platform, probe=not arm.engine)  # the settings, read once per arm
+    return VllmServer(arm.model_dir, arm.check.serve, arm.root, served_model_name=SERVED_NAME,
+                      dtype=rc.model.dtype, platform=arm.check.platform, env=DEV_MODE_ENV if reset else {})
+
+
+def engine_record(server: VllmServer | LlamaServer) -> dict[str, Any]:
+    """result.json's serve.engine: which engine served, and for llama.cpp every setting read back from it."""
+    if isinstance(server, LlamaServer):
+        return dict(server.effective)
+    return {"name": "vllm"}
 
 
 # The idle window's length when energy.idle_s is null: long enough on a GPU for its power to
@@ -258,6 +291,8 @@ def _after_trials(arm: Arm) -> None:
 
 
 def _counters(server) -> CacheCounters | None:
+    if not isinstance(server, VllmServer):  # vLLM's /metrics counters; llama-server's trials are cold by design
+        return None
     try:
         return read_metrics(server.target)[0]
     except Exception:  # noqa: BLE001 - /metrics missing: the trial runs, its cache use is unknown

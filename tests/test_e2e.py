@@ -102,6 +102,9 @@ def test_run_directory_holds_every_artifact_with_content(main_job):
     # A short steady window is kept and flagged, never silently dropped (a fast CPU finishes quickly).
     assert (FLAG_SHORT_STEADY in steady["flags"]) == (steady["duration_s"] < STEADY_MIN_S)
     assert set(result["quality"]["per_task"]) == {"colour", "corner", "tallest", "line"}
+    # Thinking is off by default: no answer of the run may open with a Gemma 4 thought block.
+    assert result["thinking"]["enabled"] is False and result["thinking"]["answers"] == SUITE
+    assert result["thinking"]["answers_with_thought"] == 0 and result["thinking"]["flags"] == []
 
 
 @pytest.mark.server

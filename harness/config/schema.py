@@ -79,6 +79,24 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """Which server the variant is served with, launched as the judges launch it.
+
+    ``vllm``: `vllm serve --config vllm_config.yaml`, from the serve group's settings.
+    ``llama_cpp``: `llama-server` on a GGUF variant folder (the model GGUF and the mmproj beside
+    it, as `llama-server -hf <repo>` resolves a repository), with llama-server's own defaults
+    except the options in ``llama_config``: the submission's llama config, long option names
+    without the leading dashes (``ctx-size: 8192``, ``flash-attn: "on"``; ``true`` passes a bare
+    flag, ``false`` or null leaves the option out). ``startup_timeout_s``: replaces
+    serve.startup_timeout_s for this engine (null: keep it).
+    """
+
+    name: Literal["vllm", "llama_cpp"] = "vllm"
+    llama_config: Mapping[str, Any] = field(default_factory=dict)
+    startup_timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
 class WorkloadConfig:
     """Which suite samples are replayed and how requests arrive."""
 
@@ -164,6 +182,7 @@ class RunConfig:
     sampling: SamplingConfig
     energy: EnergyConfig
     quality: QualityConfig
+    engine: EngineConfig = field(default_factory=EngineConfig)
     results_dir: str = "results"
     cache_dir: str = ".cache/variants"
     trials: int = 3
@@ -178,6 +197,7 @@ _GROUP_SCHEMAS = {
     "sampling": SamplingConfig,
     "energy": EnergyConfig,
     "quality": QualityConfig,
+    "engine": EngineConfig,
 }
 
 
@@ -313,6 +333,7 @@ def _check_values(run: RunConfig) -> None:
         "workload.request_timeout_s": run.workload.request_timeout_s,
         "serve.startup_timeout_s": run.serve.startup_timeout_s,
         "energy.sample_hz": run.energy.sample_hz,
+        "engine.startup_timeout_s": 1 if run.engine.startup_timeout_s is None else run.engine.startup_timeout_s,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -336,7 +357,7 @@ def _missing_option_message(err: Exception) -> str:
     text = str(err)
     if "Available options" in text:
         return text
-    for group in ("variant", "model", "compress", "serve", "workload", "sampling", "energy", "quality"):
+    for group in ("variant", "model", "compress", "engine", "serve", "workload", "sampling", "energy", "quality"):
         if f"'{group}/" in text:
             return f"{text}\nAvailable options in '{group}': {', '.join(group_options(group))}"
     return text

@@ -13,11 +13,12 @@ from harness.replay.stats import length_stats
 from harness.replay.tokens import joules_per_output_token
 
 # Sections of a run's resolved config that must match for energies to be compared; the
-# energy source and the hardware are added on top (see `setup_key`).
+# energy source and the hardware are added on top (see `setup_key`). The serving engine is not
+# one of them: the competition ranks vLLM and llama.cpp entries together, so they share a group.
 SETUP_SECTIONS = ("model", "workload", "sampling")
 CI_CONFIDENCE = 0.95
 # Columns a variant's row takes from its newest run rather than averaging over repeats.
-NEWEST_RUN_COLUMNS = ("variant", "group", "model", "hardware", "workload", "energy_source", "energy_flags",
+NEWEST_RUN_COLUMNS = ("variant", "engine", "group", "model", "hardware", "workload", "energy_source", "energy_flags",
                       "is_baseline", "gate_threshold", "gate_verdict", "gate_point_pass", "quality_ratio",
                       "quality_ratio_ci_low", "quality_ratio_ci_high", "energy_ratio", "energy_ratio_ci_low",
                       "energy_ratio_ci_high")
@@ -102,6 +103,7 @@ def run_row(result, run_dir: Path) -> dict[str, Any]:
     task_of = {r["id"]: r["task"] for r in reqs}
     row = {
         "run_id": result.run_id, "variant": result.variant, "started_at": result.started_at,
+        "engine": engine_of(result.config),
         "model": (result.config.get("model") or {}).get("name"), "hardware": hardware_of(result.provenance),
         "workload": (result.config.get("workload") or {}).get("name"), "setup": setup_key(result),
         "energy_source": energy.source, "suite_energy_j": energy_j, "trial_suite_j": trial_j,
@@ -127,6 +129,11 @@ def run_row(result, run_dir: Path) -> dict[str, Any]:
     for task, value in (quality.per_task if quality else {}).items():
         row[f"quality_{task}"] = value
     return row
+
+
+def engine_of(config: Mapping[str, Any]) -> str:
+    """The engine that served a run (runs recorded before the engine group existed were all vLLM)."""
+    return str((config.get("engine") or {}).get("name") or "vllm")
 
 
 def _lengths_by_task(ok: list[dict[str, Any]]) -> dict[str, list[tuple[int, int | None]]]:

@@ -12,7 +12,7 @@ from harness.leaderboard.data import Board, build_board
 
 # Columns of leaderboard.csv / .md, in order; quality_<family> columns are inserted before quality_overall.
 COLUMNS = (
-    "rank", "variant", "group", "model", "hardware", "energy_source", "energy_flags", "n_runs",
+    "rank", "variant", "engine", "group", "model", "hardware", "energy_source", "energy_flags", "n_runs",
     "suite_energy_j", "suite_energy_j_ci_low", "suite_energy_j_ci_high", "suite_energy_j_std", "suite_energy_ci_basis",
     "j_per_request", "j_per_output_token", "idle_power_w", "output_tokens_per_request", "output_tokens_p50",
     "output_tokens_p90", "output_tokens_max", "decode_share", "output_tok_per_s",
@@ -21,8 +21,9 @@ COLUMNS = (
     "energy_ratio", "energy_ratio_ci_low", "energy_ratio_ci_high", "gate", "run_ids",
 )
 # The terminal shows fewer columns; the files hold them all.
-CONSOLE_COLUMNS = {"rank": "rank", "variant": "variant", "suite_energy": "suite J [95% CI]", "j_per_request": "J/req",
-                   "j_per_output_token": "J/tok", "idle_power_w": "idle W", "output_tokens_p90": "answer p90",
+CONSOLE_COLUMNS = {"rank": "rank", "variant": "variant", "engine": "engine", "suite_energy": "suite J [95% CI]",
+                   "j_per_request": "J/req", "j_per_output_token": "J/tok", "idle_power_w": "idle W",
+                   "output_tokens_p90": "answer p90",
                    "decode_share": "decode", "output_tok_per_s": "tok/s",
                    "latency_ms_p95": "p95 ms", "quality_overall": "quality", "quality_ratio": "q ratio [CI]",
                    "gate": "gate"}
@@ -96,6 +97,9 @@ def markdown(board: Board, plots: list[Path]) -> str:
         "## How to read it", "",
         "- Rank: within a group, variants keeping >= the gate threshold of the baseline's quality (point "
         "estimate, as the judges score one run) by suite energy ascending; the others follow unranked.",
+        "- engine: what served the variant, as the judges launch it: vllm (`vllm serve --config "
+        "vllm_config.yaml`) or llama_cpp (`llama-server` on the GGUF folder). Both rank in one group, each "
+        "gated against the same bf16 baseline served by vLLM.",
         "- suite_energy_j: energy over the whole suite window (first request sent to last answer received), "
         "mean over every trial of the variant's runs; CI basis 'trials' is a t-interval over those trials "
         "('none' below 2).",
@@ -145,7 +149,7 @@ def print_board(board: Board, console) -> None:
         note = f"\n[yellow]not ranked with G1: differs in {diffs[group]}[/]" if group in diffs else ""
         table = Table(title=f"{group}: {description}{note}", title_justify="left")
         for column, title in CONSOLE_COLUMNS.items():
-            table.add_column(title, justify="left" if column in ("variant", "gate") else "right")
+            table.add_column(title, justify="left" if column in ("variant", "engine", "gate") else "right")
         for _, row in board.table[board.table["group"] == group].iterrows():
             values = {"suite_energy": f"{_interval(row, 'suite_energy_j')} {row['energy_source']}",
                       "quality_ratio": _interval(row, "quality_ratio"), "gate": gate_text(row)}

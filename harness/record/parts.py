@@ -34,7 +34,8 @@ class _Part:
 class ServePart(_Part):
     """The server as launched.
 
-    ``effective``: the serve settings after the platform check (secrets redacted);
+    ``effective``: the serve settings after the platform check (secrets redacted); ``engine``:
+    which server ran it (vllm or llama_cpp) and, for llama.cpp, the settings read back from it;
     ``platform``: what the machine offered, in words; ``fallbacks``: each setting the
     platform replaced, with the reason; ``cache_config``: vLLM's own cache_config_info labels
     (what prefix caching and the KV cache really used); ``model_dir``: the checkpoint served;
@@ -44,6 +45,7 @@ class ServePart(_Part):
     """
 
     effective: Mapping[str, Any] = field(default_factory=dict)
+    engine: Mapping[str, Any] = field(default_factory=dict)
     platform: Any = None
     fallbacks: tuple[Mapping[str, Any], ...] = ()
     cache_config: Mapping[str, str] = field(default_factory=dict)

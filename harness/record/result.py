@@ -151,7 +151,8 @@ class RunResult:
     given as mappings (as read from result.json, or built by hand in a test) they are converted
     on construction. ``quality`` is None when nothing was scored, ``gate`` when there was no
     gate (the baseline itself, or no comparable baseline). ``lengths``: the output-token
-    distribution of trial 1's answers per task (harness.replay.stats.output_lengths).
+    distribution of trial 1's answers per task (harness.replay.stats.output_lengths). ``thinking``:
+    Gemma 4 thought blocks in those answers, flagged when thinking was off (harness.score.thinking).
     """
 
     run_id: str
@@ -170,6 +171,7 @@ class RunResult:
     gate: GatePart | None = None
     error: str | None = None
     lengths: Mapping[str, Mapping[str, Any]] | None = None
+    thinking: Mapping[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

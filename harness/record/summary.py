@@ -141,6 +141,12 @@ def _length_lines(result: RunResult) -> list[str]:
                           for task, s in lengths.items() if task != "all" and s.get("n"))
         lines.append(f"Answer length (output tokens mean/p90/max): all {_num(every['mean'], '.1f')}/"
                      f"{_num(every['p90'], '.0f')}/{every['max']}; {tasks}{limit}")
+    thinking = result.thinking or {}
+    if thinking.get("enabled") or thinking.get("answers_with_thought"):
+        tokens = thinking.get("thought_tokens")
+        lines.append(f"Thinking {'on' if thinking.get('enabled') else 'OFF'}: {thinking['answers_with_thought']} of "
+                     f"{thinking['answers']} answers hold a thought block"
+                     + (f", {tokens} thought tokens" if tokens is not None else ""))
     share = result.energy.decode_share()
     if share is not None:
         lines.append(f"Decode: {share:.0%} of suite time and energy (attributed by time over the trials' windows, "
