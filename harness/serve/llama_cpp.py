@@ -12,7 +12,6 @@ template) from its /props route and its log, for the result (harness.serve.llama
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
 import secrets
@@ -31,17 +30,16 @@ from harness.serve.llama_cpp_settings import effective_settings, probe_log, serv
 from harness.serve.vllm import (
     LOG_NAME,
     LOG_TAIL_LINES,
-    ServerTarget,
+    ChildServer,
     free_port,
     install_sigterm_handler,
-    stop_process_group,
+    served_model_card,
 )
 
 CONFIG_NAME = "llama_config.yaml"
 PROBE_LOG_NAME = "llama_probe.log"
 MMPROJ_PREFIX = "mmproj"
 _POLL_S = 0.2
-_LIVE: set[LlamaServer] = set()  # servers to stop if the interpreter exits without closing them
 # Options the harness sets itself: the model files come from the variant folder, the rest from this run.
 RESERVED_OPTIONS = frozenset({
     "model", "m", "mmproj", "no-mmproj", "mmproj-auto", "no-mmproj-auto", "mmproj-url", "model-url", "mu",
@@ -105,17 +103,18 @@ def server_help() -> str:
     return done.stdout + done.stderr
 
 
-class LlamaServer:
+class LlamaServer(ChildServer):
     """A llama-server child process in its own process group, used as a context manager.
 
-    The same interface as VllmServer (start, wait_ready, check_alive, stop, ``target``,
-    ``pgid``, ``gpus``, ``log_path``, ``defaults``), plus ``effective``: the settings read
+    The lifecycle is ChildServer's, as for VllmServer (``target``, ``pgid``, ``gpus``,
+    ``log_path``, ``defaults``), plus ``effective``: the settings read
     back from the running server (``effective_settings``). ``probe``: first launch the same
     command once with --verbosity 4 to read the settings the default log leaves out (about a
     second on the tiny model; fresh trials of one variant need it only once).
     """
 
     engine = "llama_cpp"
+    PROGRAM = "llama-server"
 
     def __init__(
         self,
@@ -148,27 +147,6 @@ class LlamaServer:
         self.gpus: tuple[str, ...] = ()
         self.startup_timeout_s = engine.startup_timeout_s or serve.startup_timeout_s
 
-    @property
-    def target(self) -> ServerTarget:
-        return ServerTarget(f"http://{self.serve.host}:{self.port}/v1", self.api_key, self.model_name, self.defaults)
-
-    @property
-    def pgid(self) -> int | None:
-        """Process group of the server (None before start)."""
-        return self._proc.pid if self._proc is not None else None
-
-    def __enter__(self) -> LlamaServer:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     def command(self, port: int) -> list[str]:
         """llama-server's argv (no secret in it: the API key goes by environment)."""
         model, mmproj = gguf_files(self.model_dir)
@@ -189,16 +167,14 @@ class LlamaServer:
         self.port = self.serve.port or free_port(self.serve.host)
         command = self.command(self.port)
         install_sigterm_handler()
-        _install_atexit()
         if self.probe:
             probe_env = {**env, "LLAMA_API_KEY": secrets.token_urlsafe(24)}
             self._probe_text = probe_log(self.command(free_port(self.serve.host)), probe_env,
                                          self.run_dir / PROBE_LOG_NAME, self.startup_timeout_s)
         with self.log_path.open("ab") as log:
             self._log_offset = log.tell()
-            self._proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=env, cwd=self.run_dir, start_new_session=True)
-        _LIVE.add(self)
+            self._launched(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=env, cwd=self.run_dir, start_new_session=True))
 
     def wait_ready(self) -> None:
         """Blocks until /health answers and /v1/models lists the served name, then reads the settings back.
@@ -214,7 +190,7 @@ class LlamaServer:
         with httpx.Client(timeout=5.0) as client:
             while time.monotonic() < deadline:
                 self._raise_if_exited("during startup")
-                if _ready(client, root, headers, self.model_name):
+                if served_model_card(client, root, headers, self.model_name) is not None:
                     props = client.get(f"{root}/props", headers=headers)
                     props.raise_for_status()
                     self.effective = effective_settings(props.json(), self._own_log(), self._probe_text)
@@ -223,21 +199,6 @@ class LlamaServer:
                 time.sleep(_POLL_S)
         raise ServerError(f"llama-server not ready after {self.startup_timeout_s:g} s (raise "
                           f"engine.startup_timeout_s if it was still loading); {self._log_tail()}")
-
-    def check_alive(self) -> None:
-        """Raises ServerError with the log tail if the server process has exited."""
-        self._raise_if_exited("while serving")
-
-    def stop(self) -> None:
-        """Stops the whole process group: SIGTERM, then SIGKILL what is left. Idempotent."""
-        proc = self._proc
-        _LIVE.discard(self)
-        if proc is None:
-            return
-        try:
-            stop_process_group(proc)
-        finally:
-            self._proc = None
 
     def _env(self, platform: Platform) -> dict[str, str]:
         """Ours without inherited LLAMA_ARG_* settings (they would change the judged launch unseen), the
@@ -260,41 +221,6 @@ class LlamaServer:
         except OSError:
             return ""
 
-    def _raise_if_exited(self, when: str) -> None:
-        if self._proc is not None and (code := self._proc.poll()) is not None:
-            self.stop()
-            raise ServerError(f"llama-server exited with code {code} {when}; {self._log_tail()}")
-
     def _log_tail(self) -> str:
         lines = self._own_log().splitlines()[-LOG_TAIL_LINES:]
         return f"last {len(lines)} lines of {self.log_path}:\n" + "\n".join(lines)
-
-
-def _ready(client: Any, root: str, headers: dict[str, str], model_name: str) -> bool:
-    """Whether the model is loaded (/health 200) and /v1/models lists ``model_name``."""
-    import httpx
-
-    try:
-        if client.get(f"{root}/health").status_code != 200:
-            return False
-        models = client.get(f"{root}/v1/models", headers=headers)
-    except httpx.TransportError:  # not listening yet
-        return False
-    if models.status_code != 200:
-        return False
-    return any(m.get("id") == model_name for m in models.json().get("data", []))
-
-
-def _stop_all() -> None:
-    for server in list(_LIVE):
-        server.stop()
-
-
-_ATEXIT = False
-
-
-def _install_atexit() -> None:
-    global _ATEXIT
-    if not _ATEXIT:
-        _ATEXIT = True
-        atexit.register(_stop_all)

@@ -25,7 +25,7 @@ LOG_NAME = "server.log"
 LOG_TAIL_LINES = 40
 STOP_GRACE_S = 20.0
 _POLL_S = 0.5
-_LIVE: set[VllmServer] = set()  # servers to stop if the interpreter exits without closing them
+_LIVE: set[ChildServer] = set()  # servers to stop if the interpreter exits without closing them
 _HANDLERS_INSTALLED = False
 
 
@@ -83,13 +83,83 @@ def write_vllm_config(path: Path, args: Mapping[str, Any]) -> Path:
     return path
 
 
-class VllmServer:
+class ChildServer:
+    """What every server the harness launches shares: a child process in its own process group,
+    used as a context manager, that on every way out (error, Ctrl-C, SIGTERM, interpreter exit)
+    stops the whole group. Subclasses set ``serve``, ``api_key``, ``model_name``, ``log_path`` and
+    ``defaults``, and define ``start`` (launch, then ``_launched``), ``wait_ready`` and ``_log_tail``.
+    """
+
+    PROGRAM = "server"  # how its death is reported
+    _proc: subprocess.Popen[bytes] | None = None
+    port = 0
+    defaults: ServerDefaults | None = None
+
+    @property
+    def target(self) -> ServerTarget:
+        return ServerTarget(f"http://{self.serve.host}:{self.port}/v1", self.api_key, self.model_name, self.defaults)
+
+    @property
+    def pgid(self) -> int | None:
+        """Process group of the server and its children (None before start)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def __enter__(self):
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def wait_ready(self) -> None:
+        raise NotImplementedError
+
+    def _log_tail(self) -> str:
+        raise NotImplementedError
+
+    def _launched(self, proc: subprocess.Popen[bytes]) -> None:
+        """Takes charge of a started process: stopped at interpreter exit (and SIGTERM) if not before."""
+        self._proc = proc
+        _LIVE.add(self)
+
+    def check_alive(self) -> None:
+        """Raises ServerError with the log tail if the server process has exited."""
+        self._raise_if_exited("while serving")
+
+    def stop(self) -> None:
+        """Stops the whole process group: SIGTERM, then SIGKILL after STOP_GRACE_S. Idempotent."""
+        proc = self._proc
+        _LIVE.discard(self)
+        if proc is None:
+            return
+        try:
+            stop_process_group(proc)
+        finally:
+            self._proc = None
+
+    def _raise_if_exited(self, when: str) -> None:
+        if self._proc is not None and (code := self._proc.poll()) is not None:
+            self.stop()
+            raise ServerError(f"{self.PROGRAM} exited with code {code} {when}; {self._log_tail()}")
+
+
+class VllmServer(ChildServer):
     """A vLLM OpenAI server child process in its own process group, used as a context manager.
 
     ``with VllmServer(path, serve, run_dir, served_model_name="m") as server:`` writes
     run_dir/vllm_config.yaml, starts the server on loopback with a fresh API key, waits for
     /health and /v1/models, and on every way out stops the whole process group.
     """
+
+    PROGRAM = "vLLM server"
 
     def __init__(
         self,
@@ -118,27 +188,6 @@ class VllmServer:
         self.defaults: ServerDefaults | None = None  # read once the server is ready
         self.gpus: tuple[str, ...] = ()  # its CUDA_VISIBLE_DEVICES entries once started (GPU UUIDs); () on a CPU
 
-    @property
-    def target(self) -> ServerTarget:
-        return ServerTarget(f"http://{self.serve.host}:{self.port}/v1", self.api_key, self.model_name, self.defaults)
-
-    @property
-    def pgid(self) -> int | None:
-        """Process group of the server and its engine/worker children (None before start)."""
-        return self._proc.pid if self._proc is not None else None
-
-    def __enter__(self) -> VllmServer:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     def start(self) -> None:
         """Writes vllm_config.yaml and launches the server (returns without waiting)."""
         platform = self._platform or detect_platform()
@@ -156,11 +205,10 @@ class VllmServer:
                    "--host", self.serve.host, "--port", str(self.port)]
         install_sigterm_handler()
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
+            self._launched(subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, cwd=self.run_dir, start_new_session=True,
-            )
-        _LIVE.add(self)
+            ))
 
     def wait_ready(self) -> None:
         """Blocks until /health answers and /v1/models lists the served model.
@@ -176,7 +224,7 @@ class VllmServer:
         with httpx.Client(timeout=5.0) as client:
             while time.monotonic() < deadline:
                 self._raise_if_exited("during startup")
-                if (card := _ready(client, root, headers, self.model_name)) is not None:
+                if (card := served_model_card(client, root, headers, self.model_name)) is not None:
                     # The checkpoint's generation config as this server read it, and its context length.
                     self.defaults = server_defaults(self._model_path, self.serve.generation_config,
                                                     card.get("max_model_len"))
@@ -187,31 +235,11 @@ class VllmServer:
             f"(raise serve.startup_timeout_s if it was still loading); {self._log_tail()}"
         )
 
-    def check_alive(self) -> None:
-        """Raises ServerError with the log tail if the server process has exited."""
-        self._raise_if_exited("while serving")
-
-    def stop(self) -> None:
-        """Stops the whole process group: SIGTERM, then SIGKILL after STOP_GRACE_S. Idempotent."""
-        proc = self._proc
-        _LIVE.discard(self)
-        if proc is None:
-            return
-        try:
-            stop_process_group(proc)
-        finally:
-            self._proc = None
-
     def _env(self, platform: Platform) -> dict[str, str]:
         env = server_env(self.serve, platform)
         env["VLLM_API_KEY"] = self.api_key  # by environment: never in the YAML, argv or the log
         env.update(self._extra_env)
         return env
-
-    def _raise_if_exited(self, when: str) -> None:
-        if self._proc is not None and (code := self._proc.poll()) is not None:
-            self.stop()
-            raise ServerError(f"vLLM server exited with code {code} {when}; {self._log_tail()}")
 
     def _log_tail(self) -> str:
         try:
@@ -244,7 +272,7 @@ def server_env(serve: ServeConfig, platform: Platform, environ: Mapping[str, str
     return env
 
 
-def _ready(client: Any, root: str, headers: dict[str, str], model_name: str) -> dict[str, Any] | None:
+def served_model_card(client: Any, root: str, headers: dict[str, str], model_name: str) -> dict[str, Any] | None:
     """The served model's /v1/models entry once the server answers, else None."""
     import httpx
 
