@@ -51,10 +51,31 @@ def _recipe_lines(folder: Path) -> list[str]:
     lines = []
     for step in recipe.get("steps", []):
         config = step.get("config", {})
+        if step.get("files"):  # a GGUF export: what each file really holds
+            lines += [f"- {step.get('step')}: scheme `{config.get('scheme')}` ({config.get('class')})",
+                      *[f"  - `{name}`: {_gguf_file(d)}" for name, d in step["files"].items()]]
+            continue
         lines.append(f"- {step.get('step', 'compress')}: scheme `{config.get('scheme')}` ({config.get('class')}), "
                      f"{step.get('quantized_modules', '?')} modules quantized, calibration: {step.get('calibration')}")
     lines.append("The full lineage (configs, library versions, base-model hash) is in recipe.json.")
     return lines
+
+
+def _gguf_file(d: Mapping[str, Any]) -> str:
+    """E.g. '1.2 MiB, 4.9 bits per weight, tensors: Q4_K 30, Q6_K 7, F32 34'."""
+    types = ", ".join(f"{t} {n}" for t, n in (d.get("tensor_types") or {}).items())
+    return f"{d.get('bytes', 0) / 2**20:.1f} MiB, {_num(d.get('bits_per_weight'))} bits per weight, tensors: {types}"
+
+
+def _vllm_serve_section(folder: Path) -> list[str]:
+    return ["## Serve settings (vllm_config.yaml)", "", "```yaml",
+            (folder / "vllm_config.yaml").read_text(encoding="utf-8").rstrip(), "```", "",
+            "Serve it from inside this folder: `vllm serve --config vllm_config.yaml --port 8000`.", ""]
+
+
+def _engine_line(variant: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> str:
+    served = f"Served by: **{variant.get('engine') or 'vllm'}**"
+    return served + (f"; the baseline by {baseline.get('engine') or 'vllm'}." if baseline else ".")
 
 
 def _length_lines(result) -> list[str]:
@@ -76,7 +97,7 @@ def _length_lines(result) -> list[str]:
 def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline_row: Mapping[str, Any] | None,
                overrides: list[str], size_bytes: int, built: Sequence[str] = (),
                validation: Sequence[str] | None = None, submit_args: Sequence[str] = (),
-               changes: Sequence[str] = ()) -> str:
+               changes: Sequence[str] = (), serve_section: Sequence[str] | None = None) -> str:
     """README.md text for the submission folder.
 
     Args:
@@ -91,6 +112,7 @@ def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline
         submit_args: options of `python -m harness.submit` beyond the overrides (e.g. --target).
         changes: how the folder's generation config and chat template differ from the base
             model's, each with what it changes for requests that leave sampling out.
+        serve_section: the "Serve settings" section's lines (None: vLLM's, from vllm_config.yaml).
     """
     cfg = result.config
     model, workload, sampling = cfg.get("model", {}), cfg.get("workload", {}), cfg.get("sampling", {})
@@ -100,9 +122,7 @@ def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline
         f"# {result.variant}: {model.get('name')} for energy-efficient serving", "",
         f"Base model: `{model.get('name')}` ({model.get('dtype')}). Size on disk: {size_bytes / 2**20:.1f} MiB.", "",
         "## Compression recipe", "", *_recipe_lines(folder), "",
-        "## Serve settings (vllm_config.yaml)", "", "```yaml",
-        (folder / "vllm_config.yaml").read_text(encoding="utf-8").rstrip(), "```", "",
-        "Serve it from inside this folder: `vllm serve --config vllm_config.yaml --port 8000`.", "",
+        *(_vllm_serve_section(folder) if serve_section is None else serve_section),
         "## Built for", "", *[f"- {line}" for line in built], "",
         "## Generation config and chat template against the base model", "",
         *([f"- {line}" for line in changes] or ["Unchanged: the judges' server decodes as it would the base model."]),
@@ -111,6 +131,7 @@ def model_card(*, folder: Path, result, variant_row: Mapping[str, Any], baseline
         *([f"- {line}" for line in validation] if validation is not None
           else ["Not validated yet: `python -m harness.submit` rewrites this section after its check."]), "",
         "## Measured results", "",
+        _engine_line(variant_row, baseline_row),
         f"Hardware: {variant_row['hardware']}. Energy source: **{variant_row['energy_source']}** "
         "(measured = hardware energy counters; modeled = an estimate from CPU activity, not a measurement).",
         f"Suite: {workload.get('name')} {workload.get('split')} split, {variant_row['requests']} requests "

@@ -1,5 +1,6 @@
 """`python -m harness.submit +variant=NAME [overrides] [--target l4] [--out DIR]`: an upload folder for the judges'
-GPU, made from the newest ok run and validated as far as this host can."""
+GPU, made from the newest ok run and validated as far as this host can (a GGUF variant: for `llama-server -hf`,
+harness.submit.gguf)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import re
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,11 @@ from compress.schemes import LayerSpec
 from harness.build.variant import build_variant, check_build
 from harness.config.schema import CompressSpec, RunConfig, to_compress_config
 from harness.errors import HarnessError, SubmitError
-from harness.record.result import runs_newest_first, same_setup
 from harness.serve.capabilities import PlatformCheck, check_platform
 from harness.serve.vllm import vllm_args
+from harness.submit.gguf import make_gguf_submission, serves_gguf
 from harness.submit.loader import describe
+from harness.submit.source import Submission, card_inputs, check_out, copy_recipe, newest_ok_run, write_card
 from harness.submit.target import DEFAULT_TARGET, TARGETS, HostLaunch, Target, host_launch, load_target
 
 # Checkpoint files that make up a servable model; anything else (training logs, caches) stays behind.
@@ -28,42 +29,8 @@ CHECKPOINT_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", 
                     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                     "processor_config.json", "preprocessor_config.json", "chat_template.jinja", "chat_template.json",
                     "recipe.json")
-# Overrides of where files live on this machine: they do not belong in a model card.
-LOCAL_KEYS = ("results_dir", "cache_dir", "hydra.", "serve.port", "serve.host", "serve.api_key")
 # vllm_config.yaml keys that name the same thing in the run and in the folder, each written its own way.
 SAME_WHEREVER = ("model", "served-model-name", "chat-template")
-
-
-@dataclass(frozen=True)
-class Submission:
-    """A written folder, and what its check and its card need.
-
-    Attributes:
-        host: whether and how this host can serve the folder (flags never written into it).
-        expect: the weights the variant names (the check refuses a folder holding others).
-        built: the card's "Built for" lines: target, and how the folder differs from what the run served.
-        card: model_card's other arguments, kept to rewrite the card with the check's outcome.
-    """
-
-    folder: Path
-    target: Target
-    host: HostLaunch
-    expect: LayerSpec | None
-    built: tuple[str, ...]
-    card: Mapping[str, Any] = field(default_factory=dict)
-
-
-def newest_ok_run(run_cfg: RunConfig, config: dict[str, Any]):
-    """The newest successful run of `run_cfg.name` with the same model, suite and sampling."""
-    results = Path(run_cfg.results_dir)
-    seen = []
-    for row, result in runs_newest_first(results, run_cfg.name, status="ok"):
-        if same_setup(result.config, config):
-            return result, results / "runs" / row["run_id"]
-        seen.append(row["run_id"])
-    hint = (f"runs {', '.join(seen)} differ in model, workload or sampling: pass the overrides they ran with "
-            "(e.g. workload.limit=8)") if seen else f"run `python -m harness +variant={run_cfg.name}` first"
-    raise SubmitError(f"no successful run of {run_cfg.name} in {results}; {hint}")
 
 
 def served_max_model_len(run_dir: Path, model_dir: Path) -> int | None:
@@ -82,20 +49,9 @@ def copy_checkpoint(model_dir: Path, out: Path) -> None:
     """Copies the servable files; recipe.json gets its absolute paths cut to folder names."""
     for pattern in CHECKPOINT_FILES:
         for path in model_dir.glob(pattern):
-            shutil.copy2(path, out / path.name)
-    recipe = out / "recipe.json"
-    if recipe.is_file():
-        recipe.write_text(json.dumps(_relative(json.loads(recipe.read_text(encoding="utf-8"))), indent=2) + "\n")
-
-
-def _relative(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _relative(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_relative(v) for v in value]
-    if isinstance(value, str) and value.startswith("/"):
-        return Path(value).name
-    return value
+            if path.name != "recipe.json":
+                shutil.copy2(path, out / path.name)
+    copy_recipe(model_dir / "recipe.json", out)
 
 
 def expected_layer(spec: CompressSpec) -> LayerSpec | None:
@@ -166,14 +122,10 @@ def built_lines(target: Target, host: HostLaunch, run_yaml: Mapping[str, Any], c
     return tuple(lines)
 
 
-def reproducible(overrides: list[str]) -> list[str]:
-    """The overrides that define the run, without this machine's paths, ports and keys."""
-    return [o for o in overrides if not o.lstrip("+").startswith(LOCAL_KEYS) and "variant=" not in o]
-
-
-def make_submission(overrides: list[str], out: Path | None = None, target: str = DEFAULT_TARGET,
+def make_submission(overrides: list[str], out: Path | None = None, target: str | None = None,
                     log=print) -> Submission:
-    """Writes the submission folder for the variant named in `overrides`, built for `target`.
+    """Writes the submission folder for the variant named in `overrides`: for `target` (default
+    the competition's GPU) when vLLM serves it, for `llama-server -hf` when it is a GGUF variant.
 
     Raises:
         HarnessError: no matching run, no record of the target's vLLM, a variant the target
@@ -182,17 +134,17 @@ def make_submission(overrides: list[str], out: Path | None = None, target: str =
     import yaml  # lazy: PyYAML comes with vLLM and Hydra
 
     from harness.config.schema import compose
-    from harness.leaderboard.data import run_row
-    from harness.record.result import config_dict, load_result
-    from harness.submit.check import folder_size_bytes
+    from harness.record.result import config_dict
 
     run_cfg = compose(overrides)
+    if serves_gguf(run_cfg):
+        return make_gguf_submission(run_cfg, overrides, out, target)
+    target = target or DEFAULT_TARGET
     gpu = load_target(target)
     result, run_dir = newest_ok_run(run_cfg, config_dict(run_cfg))
     check = check_platform(run_cfg, gpu.platform)  # PlatformError: the target lacks the variant's kernels
     out = out or Path(run_cfg.results_dir) / "submissions" / result.run_id
-    if out.exists() and any(out.iterdir()):
-        raise SubmitError(f"{out} exists and is not empty: remove it or pass --out to a new folder")
+    check_out(out)
     model_dir, fallback = target_checkpoint(run_cfg, result, check, log)
     served = yaml.safe_load((run_dir / "vllm_config.yaml").read_text(encoding="utf-8")) or {}
     cfg = target_serve_config(run_cfg, check, served, run_dir, model_dir)
@@ -203,14 +155,9 @@ def make_submission(overrides: list[str], out: Path | None = None, target: str =
     host = host_launch(run_cfg, check)
     expect = expected_layer(check.compress or run_cfg.compress)
     built = built_lines(gpu, host, served, cfg, fallback, expect)
-    baseline_id = result.gate.baseline_run_id if result.gate else None
-    base_dir = Path(run_cfg.results_dir) / "runs" / str(baseline_id)
-    baseline_row = run_row(load_result(base_dir), base_dir) if baseline_id and base_dir.is_dir() else None
-    card = {"result": result, "variant_row": run_row(result, run_dir), "baseline_row": baseline_row,
-            "overrides": reproducible(overrides), "size_bytes": folder_size_bytes(out),
-            "changes": changes_for_judges(run_cfg, out, cfg),
+    card = {**card_inputs(run_cfg, result, run_dir, overrides, out), "changes": changes_for_judges(run_cfg, out, cfg),
             "submit_args": ("--target", target) if target != DEFAULT_TARGET else ()}
-    submission = Submission(out, gpu, host, expect, built, card)
+    submission = Submission(out, "vllm", gpu, host, expect, built, card)
     write_card(submission, None)
     return submission
 
@@ -229,25 +176,31 @@ def changes_for_judges(run_cfg: RunConfig, folder: Path, cfg: dict[str, Any]) ->
     return [str(change) for change in changes_from_base(folder, base, cfg)]
 
 
-def write_card(submission: Submission, validation: tuple[str, ...] | None) -> None:
-    """(Re)writes README.md; `validation` is what the folder's check ran (None: not yet)."""
-    from harness.submit.card import model_card
+def check_submission(submission: Submission, launch: bool, say=print):
+    """The folder's check for the engine that serves it (static, then a launch the judges' way)."""
+    from harness.submit.check import check_folder
+    from harness.submit.gguf_check import check_gguf_folder
 
-    text = model_card(folder=submission.folder, built=submission.built, validation=validation, **submission.card)
-    (submission.folder / "README.md").write_text(text, encoding="utf-8")
+    if submission.engine == "llama_cpp":
+        say("checking it" + (" (launching llama-server the judges' way)" if launch else ""))
+        return check_gguf_folder(submission.folder, launch=launch, expect_tag=submission.quant_tag)
+    say("checking it" + ("" if not launch or submission.host.reason else
+                         " (launching vLLM the judges' way: may take minutes)"))
+    return check_folder(submission.folder, launch=launch, target=submission.target, host=submission.host,
+                        expect=submission.expect)
 
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from harness.submit.check import check_folder
-
     parser = argparse.ArgumentParser(prog="python -m harness.submit", description=__doc__)
     parser.add_argument("overrides", nargs="+", help="Hydra overrides, e.g. +variant=fp8 workload.limit=8")
     parser.add_argument("--out", type=Path, help="submission folder (default RESULTS/submissions/<run_id>)")
-    parser.add_argument("--target", choices=sorted(TARGETS), default=DEFAULT_TARGET,
-                        help=f"the GPU the judges serve it on (default {DEFAULT_TARGET}, the competition's)")
-    parser.add_argument("--no-launch", action="store_true", help="skip serving the folder with vLLM")
+    parser.add_argument("--target", choices=sorted(TARGETS),
+                        help=f"the GPU the judges serve it on with vLLM (default {DEFAULT_TARGET}, the competition's; "
+                             "not for GGUF variants, which llama-server serves anywhere)")
+    parser.add_argument("--no-launch", action="store_true",
+                        help="skip serving the folder (with vLLM, or llama-server for a GGUF variant)")
     args = parser.parse_args(argv)
     console = Console()
 
@@ -262,10 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"wrote {submission.folder}")
     for line in submission.built:
         say(f"  {line}")
-    say("checking it" + ("" if args.no_launch or submission.host.reason else
-                         " (launching vLLM the judges' way: may take minutes)"))
-    report = check_folder(submission.folder, launch=not args.no_launch, target=submission.target,
-                          host=submission.host, expect=submission.expect)
+    report = check_submission(submission, launch=not args.no_launch, say=say)
     write_card(submission, report.validation)
     say(f"size on disk: {report.size_bytes / 2**20:.1f} MiB")
     for line in report.validation:
