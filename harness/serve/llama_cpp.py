@@ -37,6 +37,10 @@ from harness.serve.vllm import (
 )
 
 CONFIG_NAME = "llama_config.yaml"
+# llama-server applies a machine's config.ini before its command line (llama.cpp docs/preset.md): the
+# system-wide one, and $XDG_CONFIG_HOME/llama.cpp/config.ini. A measured launch uses neither.
+SYSTEM_CONFIG = Path("/etc/llama.cpp/config.ini")
+USER_CONFIG_DIR = "llama_xdg_config"  # an empty XDG_CONFIG_HOME in the run directory
 PROBE_LOG_NAME = "llama_probe.log"
 MMPROJ_PREFIX = "mmproj"
 _POLL_S = 0.2
@@ -201,9 +205,15 @@ class LlamaServer(ChildServer):
                           f"engine.startup_timeout_s if it was still loading); {self._log_tail()}")
 
     def _env(self, platform: Platform) -> dict[str, str]:
-        """Ours without inherited LLAMA_ARG_* settings (they would change the judged launch unseen), the
+        """Ours without inherited LLAMA_ARG_* settings or a config.ini (they would change the judged launch unseen), the
         GPUs pinned by UUID as for vLLM, serve.env, and the API key (by environment: never in argv or files)."""
+        if SYSTEM_CONFIG.exists():
+            raise ServerError(f"{SYSTEM_CONFIG} exists: llama-server would apply it to this launch, which would not "
+                              f"be the judges' one; move it away to measure")
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
+        xdg = self.run_dir / USER_CONFIG_DIR
+        xdg.mkdir(parents=True, exist_ok=True)
+        env["XDG_CONFIG_HOME"] = str(xdg)  # no ~/.config/llama.cpp/config.ini of this user
         if platform.device == "cuda" and platform.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(platform.gpus)
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.serve.llama_cpp import llama_args
+from harness.serve.llama_cpp import SYSTEM_CONFIG, llama_args
 from harness.serve.llama_cpp_home import LlamaCppMissing, binary
 from harness.serve.vllm import LOG_TAIL_LINES, free_port, stop_process_group
 
@@ -28,8 +28,6 @@ VLLM_COMMAND = "vllm serve --config vllm_config.yaml"
 VLLM_FIX = "fix what the log names (usually a key of vllm_config.yaml or a missing file)"
 # The repository name the folder gets in the local Hugging Face cache (also the name llama-server serves it as).
 HF_REPO = "local/submission"
-# llama-server applies these files before its command line (llama.cpp docs/preset.md, "System-level config").
-SYSTEM_CONFIG = Path("/etc/llama.cpp/config.ini")
 _MMPROJ_LOADED = re.compile(r"loaded multimodal model, '([^']+)'")
 
 
