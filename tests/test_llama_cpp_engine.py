@@ -68,13 +68,16 @@ def test_llama_server_runs_on_loopback_behind_its_key_and_stops_with_its_group(g
         assert server.api_key not in argv and server.api_key not in server.config_path.read_text()
         # The judges' launch: the folder's two GGUFs, our run's address and name, nothing else.
         model, mmproj = gguf_files(gguf_dir)
+        asked = llama_args(server.engine_config.llama_config)  # the model's llama config (conf/model/tiny.yaml)
         assert psutil.Process(pgid).cmdline()[1:] == ["--model", str(model), "--mmproj", str(mmproj), "--alias",
-                                                      "judged", "--host", "127.0.0.1", "--port", str(server.port)]
+                                                      "judged", "--host", "127.0.0.1", "--port", str(server.port),
+                                                      *asked]
         settings = server.effective
     assert not group_alive(pgid)
     log, probe = server.log_path.read_text(), (tmp_path / "llama_probe.log").read_text()
     assert "model loaded" in log and server.api_key not in log + probe
-    assert yaml.safe_load(server.config_path.read_text()) == {}  # the judges' defaults: no option of ours
+    # The submission's llama config, nothing of ours: the image size the tiny model was trained at.
+    assert yaml.safe_load(server.config_path.read_text()) == {"image-min-tokens": 64, "image-max-tokens": 70}
     # Read back from the server: what the judges' llama-server really runs with.
     assert settings["n_ctx"] > 0 and settings["total_slots"] == settings["slots"] >= 1
     assert settings["modalities"]["vision"] is True

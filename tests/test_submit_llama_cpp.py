@@ -56,7 +56,10 @@ def test_the_folder_holds_what_llama_server_hf_takes_and_nothing_of_vllm(made):
     served = Path(_result(results, VARIANT)["serve"]["model_dir"])
     for name in ("model-Q4_K_M.gguf", "mmproj-model-F16.gguf"):  # the very files the run measured
         assert (out / name).read_bytes() == (served / name).read_bytes()
-    assert yaml.safe_load((out / "llama_config.yaml").read_text()) == {}  # the variant asks for no option
+    # What the run was measured with, and nothing else: the tiny model's image size (conf/model/tiny.yaml).
+    measured = _result(results, VARIANT)["config"]["engine"]["llama_config"]
+    assert yaml.safe_load((out / "llama_config.yaml").read_text()) == measured == {"image-min-tokens": 64,
+                                                                                    "image-max-tokens": 70}
     assert str(results) not in (out / "recipe.json").read_text() + (out / "README.md").read_text()
 
 
@@ -66,7 +69,9 @@ def test_the_card_gives_the_engine_the_labelled_energy_and_the_gate_against_vllm
     ours, base = _result(results, VARIANT), _result(results, "bf16")
     assert base["config"]["engine"]["name"] == "vllm" and ours["gate"]["baseline_run_id"] == base["run_id"]
     assert "Served by: **llama_cpp**; the baseline by vllm." in card
-    assert "The judges' command: `llama-server -hf <repo>`." in card and "the judges pass no other flag" in card
+    flags = "--image-min-tokens 64 --image-max-tokens 70"  # the measured llama config, and only it
+    assert f"The judges' command: `llama-server -hf <repo> {flags}`." in card
+    assert "the judges pass no other flag" in card
     assert "Energy source: **modeled**" in card
     mine, theirs = ours["energy"]["suite_j_mean"], base["energy"]["suite_j_mean"]
     assert f"| suite energy (J, modeled) | {mine:.3g} | {theirs:.3g} |" in card
@@ -84,7 +89,7 @@ def test_the_validation_launched_llama_server_which_chose_the_files_and_answered
     assert "served answer to one suite image: '" in proc.stdout
     assert "served answer to one suite image: ''" not in proc.stdout
     validation = (out / "README.md").read_text().split("## Validation")[1].split("## Measured results")[0]
-    assert "`llama-server -hf <repo> --offline`" in validation
+    assert "`llama-server -hf <repo> --offline --image-min-tokens 64 --image-max-tokens 70`" in validation
     assert ("llama-server chose model-Q4_K_M.gguf and mmproj-model-F16.gguf itself: started and answered one "
             "suite image request") in validation
     # Again in this process: the server it starts is this test's child, and gone when the check returns.

@@ -20,6 +20,7 @@ COMPRESS_SRC = Path(__file__).resolve().parents[2] / "compress"
 # What a base model's fingerprint reads of each weight file (see _weights_digest).
 FULL_HASH_BYTES = 64 * 2**20
 SAMPLES, SAMPLE_BYTES = 64, 64 * 2**10
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.model")
 # What a served or compressed checkpoint needs from a hub repository (weights, configs, tokenizer,
 # chat template), leaving out what vLLM never reads (other formats, images of the model card).
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]
@@ -80,12 +81,16 @@ def check_model(path_or_id: str) -> None:
 
 
 def fingerprint(model_dir: Path) -> str:
-    """Hash of a checkpoint folder's config.json and of its weight files' contents.
+    """Hash of a checkpoint folder's config.json, tokenizer and chat template files and weight files' contents.
 
     Contents, not names and sizes: a retrained or fine-tuned model of the same shape must
     not be handed another model's build (see _weights_digest for what is read).
     """
     digest = hashlib.sha256((model_dir / "config.json").read_bytes())
+    # What a built checkpoint copies beside the weights (a GGUF holds the tokenizer and template).
+    for name in TOKENIZER_FILES:
+        if (model_dir / name).is_file():
+            digest.update(name.encode() + hashlib.sha256((model_dir / name).read_bytes()).digest())
     for weights in sorted(model_dir.glob("*.safetensors")):
         digest.update(f"{weights.name}:{_weights_digest(weights)}".encode())
     return digest.hexdigest()[:16]

@@ -30,6 +30,9 @@ class ModelConfig:
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     # Pruned FFN widths are rounded to this multiple (conf/compress/flap*.yaml read it).
     prune_multiple: int = 128
+    # llama-server options every GGUF variant of this model ships in its llama config (and is
+    # measured with); the variant's or command line's engine.llama_config wins key by key.
+    llama_config: Mapping[str, Any] = field(default_factory=dict)
 
     def resolved_path(self) -> str:
         """The directory or hub id to load, with None mapped to the committed tiny model."""
@@ -216,6 +219,9 @@ def to_run_config(cfg: Any) -> RunConfig:
     if run.serve.chat_template is not None:
         run = dataclasses.replace(run, serve=dataclasses.replace(
             run.serve, chat_template=str(resolve_chat_template(run.serve.chat_template))))
+    if run.engine.name == "llama_cpp" and run.model.llama_config:
+        run = dataclasses.replace(run, engine=dataclasses.replace(
+            run.engine, llama_config={**run.model.llama_config, **run.engine.llama_config}))
     _check_values(run)
     return run
 

@@ -281,18 +281,28 @@ async def _send(session: Any, url: str, sample: Any, body: _Body) -> RequestReco
     """
     import aiohttp
 
-    state = _StreamState(now(), time.perf_counter(), body)
-    try:
-        async with session.post(url, data=body.data) as response:
-            if response.status != 200:
-                raise StreamError(_http_error(response.status, await response.read()))
-            await _read_events(response.content, state)
-        error = None if state.usage_seen else "stream ended without a usage chunk"
-    except StreamError as err:
-        error = str(err)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, AttributeError, TypeError) as err:
-        error = f"{type(err).__name__}: {err}"
-    return state.record(sample, error)
+    for attempt in (1, 2):
+        state = _StreamState(now(), time.perf_counter(), body)
+        answered = False
+        try:
+            async with session.post(url, data=body.data) as response:
+                answered = True
+                if response.status != 200:
+                    raise StreamError(_http_error(response.status, await response.read()))
+                await _read_events(response.content, state)
+            error = None if state.usage_seen else "stream ended without a usage chunk"
+        except StreamError as err:
+            error = str(err)
+        except aiohttp.ServerDisconnectedError as err:
+            # A kept-alive connection the server closed as the request went out (llama-server does so
+            # under load): the request never reached it, so it is sent once more on a new connection.
+            if not answered and attempt == 1:
+                continue
+            error = f"{type(err).__name__}: {err}"
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, AttributeError, TypeError) as err:
+            error = f"{type(err).__name__}: {err}"
+        return state.record(sample, error)
+    raise AssertionError("unreachable: the second attempt always returns")
 
 
 async def _read_events(content: Any, state: _StreamState) -> None:

@@ -138,6 +138,7 @@ def save_model(model, processor, out_dir: Path) -> Path:
     model.generation_config.update(**GENERATION_DEFAULTS)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+    _keep_turn_tokens_special(out_dir / "tokenizer_config.json")
     cfg_path = out_dir / "config.json"
     cfg = json.loads(cfg_path.read_text())
     # vLLM sizes the image token budget from vision_config.default_output_length;
@@ -145,6 +146,17 @@ def save_model(model, processor, out_dir: Path) -> Path:
     cfg["vision_config"]["default_output_length"] = MAX_SOFT_TOKENS
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return out_dir
+
+
+def _keep_turn_tokens_special(path: Path) -> None:
+    """Lists the turn tokens among the extra special tokens, which Gemma4Processor.save_pretrained
+    (transformers 5.19) leaves out: llama.cpp's converter would store them as plain text, and
+    llama-server would then split every ``<|turn>`` of the chat template into six pieces."""
+    config = json.loads(path.read_text())
+    extra = list(config.get("extra_special_tokens") or [])
+    extra += [SPECIAL[key] for key in ("sot_token", "eot_token") if SPECIAL[key] not in extra]
+    config["extra_special_tokens"] = extra
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def init_model(spec: TinySpec, tokenizer, seed: int):
