@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -160,9 +161,15 @@ def _record_pooling(src_dir: Path, mmproj: Path) -> None:
     writer = gguf.GGUFWriter(rewritten, arch=arch, endianess=reader.endianess)
     if (alignment := reader.get_field(gguf.Keys.General.ALIGNMENT)) is not None:
         writer.data_alignment = alignment.contents()
-    with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
-        copy_with_new_metadata(reader, writer, {SCALE_FACTOR_KEY: MetadataDetails(gguf.GGUFValueType.UINT32,
-                                                                                   int(kernel))}, [])
+    quiet = logging.getLogger("gguf")  # the writer logs each file it writes at INFO
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
+            copy_with_new_metadata(reader, writer, {SCALE_FACTOR_KEY: MetadataDetails(gguf.GGUFValueType.UINT32,
+                                                                                       int(kernel))}, [])
+    finally:
+        quiet.setLevel(level)
     del reader  # its memory map of the old file
     rewritten.replace(mmproj)
 

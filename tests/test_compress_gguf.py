@@ -69,6 +69,14 @@ def test_folder_holds_the_text_gguf_the_mmproj_and_the_recipe(exported, scheme):
     assert _field(folder / "mmproj-model-F16.gguf", "general.type") == "mmproj"
 
 
+def test_mmproj_carries_the_checkpoints_vision_pooling(exported, tiny_model_dir):
+    # llama.cpp assumes Gemma 4's 3x3 pooling unless told: the tiny model pools 2x2, so without the
+    # key each image would reach the model as 9/4 as many soft tokens as the HF processor gives it.
+    pooling = json.loads((tiny_model_dir / "config.json").read_text())["vision_config"]["pooling_kernel_size"]
+    for folder in exported.values():
+        assert _field(folder / "mmproj-model-F16.gguf", "clip.vision.projector.scale_factor") == pooling == 2
+
+
 def test_text_gguf_holds_the_checkpoints_chat_template_and_vocabulary(exported, tiny_model_dir):
     from transformers import AutoTokenizer
 
