@@ -98,11 +98,15 @@ def test_the_validation_launched_llama_server_which_chose_the_files_and_answered
     assert _llama_servers() == []
 
 
+def _copy_asking(out: Path, folder: Path, llama_config: str) -> Path:
+    """A copy of the submission folder whose llama_config.yaml reads ``llama_config``."""
+    shutil.copytree(out, folder)
+    (folder / "llama_config.yaml").write_text(llama_config)
+    return folder
+
+
 def test_the_folders_llama_config_is_all_the_launch_adds(made, tmp_path):
-    _, out, _ = made
-    asked = tmp_path / "asked"
-    shutil.copytree(out, asked)
-    (asked / "llama_config.yaml").write_text("ctx-size: 1024\n")
+    asked = _copy_asking(made[1], tmp_path / "asked", "ctx-size: 1024\n")
     report = check_gguf_folder(asked)
     assert report.ok and report.answer.strip(), report.problems
     assert "`llama-server -hf <repo> --offline --ctx-size 1024` with this folder" in report.validation[-1]
@@ -110,10 +114,8 @@ def test_the_folders_llama_config_is_all_the_launch_adds(made, tmp_path):
 
 
 def test_a_launch_that_fails_names_the_log_and_leaves_no_server(made, tmp_path):
-    _, out, _ = made
-    broken = tmp_path / "broken"
-    shutil.copytree(out, broken)
-    (broken / "llama_config.yaml").write_text("n-gpu-layers: lots\n")  # a known option, a value it cannot parse
+    # A known option with a value it cannot parse.
+    broken = _copy_asking(made[1], tmp_path / "broken", "n-gpu-layers: lots\n")
     report = check_gguf_folder(broken)
     assert not report.ok and report.answer is None
     message = str(report.problems[0])
@@ -124,13 +126,10 @@ def test_a_launch_that_fails_names_the_log_and_leaves_no_server(made, tmp_path):
 
 
 def test_what_would_mislead_the_judges_is_refused_before_any_launch(made, tmp_path):
-    _, out, _ = made
-    broken = tmp_path / "broken"
-    shutil.copytree(out, broken)
+    broken = _copy_asking(made[1], tmp_path / "broken", "port: 8080\n")
     (broken / "vllm_config.yaml").write_text("model: .\n")
     (broken / "preset.ini").write_text("[*]\nctx-size = 0\n")
     (broken / "model-Q4_K_M.gguf").rename(broken / "model-Q8_0.gguf")  # a name -hf would pick by the wrong tag
-    (broken / "llama_config.yaml").write_text("port: 8080\n")
     report = check_gguf_folder(broken, expect_tag="Q4_K_M")
     messages = [str(p) for p in report.problems]
     assert report.answer is None and report.validation[-1] == "not launched: the static checks found problems"
