@@ -71,6 +71,16 @@ def gguf_files(folder: str | Path) -> tuple[Path, Path]:
     return models[0], projectors[0]
 
 
+def machine_free_env(config_home: Path) -> dict[str, str]:
+    """This process's environment minus what would change a llama-server launch unseen: inherited
+    LLAMA_ARG_* settings, and this user's config.ini (XDG_CONFIG_HOME becomes ``config_home``, created
+    empty if missing). The system-wide SYSTEM_CONFIG cannot be masked: callers refuse to launch with it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
+    config_home.mkdir(parents=True, exist_ok=True)
+    env["XDG_CONFIG_HOME"] = str(config_home)
+    return env
+
+
 def llama_args(llama_config: Mapping[str, Any]) -> list[str]:
     """The llama config as llama-server arguments: ``--NAME VALUE``; true a bare flag; false or null left out."""
     args: list[str] = []
@@ -210,10 +220,7 @@ class LlamaServer(ChildServer):
         if SYSTEM_CONFIG.exists():
             raise ServerError(f"{SYSTEM_CONFIG} exists: llama-server would apply it to this launch, which would not "
                               f"be the judges' one; move it away to measure")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
-        xdg = self.run_dir / USER_CONFIG_DIR
-        xdg.mkdir(parents=True, exist_ok=True)
-        env["XDG_CONFIG_HOME"] = str(xdg)  # no ~/.config/llama.cpp/config.ini of this user
+        env = machine_free_env(self.run_dir / USER_CONFIG_DIR)
         if platform.device == "cuda" and platform.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(platform.gpus)
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.serve.llama_cpp import SYSTEM_CONFIG, llama_args
+from harness.serve.llama_cpp import SYSTEM_CONFIG, llama_args, machine_free_env
 from harness.serve.llama_cpp_home import LlamaCppMissing, binary
 from harness.serve.vllm import LOG_TAIL_LINES, free_port, stop_process_group
 
@@ -186,10 +186,9 @@ def ask_one_image_hf(folder: Path, llama_config: Mapping[str, Any], *, startup_t
     work = Path(tempfile.mkdtemp(prefix="submit-check-"))
     try:
         hf_snapshot(folder, work / "hub")
-        (work / "config").mkdir()
         port, key = free_port(HOST), secrets.token_urlsafe(24)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
-        env.update(LLAMA_CACHE=str(work / "hub"), XDG_CONFIG_HOME=str(work / "config"), LLAMA_API_KEY=key)
+        env = machine_free_env(work / "config")
+        env.update(LLAMA_CACHE=str(work / "hub"), LLAMA_API_KEY=key)
         judged = ["-hf", HF_REPO, "--offline", *llama_args(llama_config)]
         shown = " ".join(["llama-server", *judged]).replace(HF_REPO, "<repo>")
         log = work / "server.log"
