@@ -57,13 +57,11 @@ def _served(folder: Path, run, run_dir: Path, options: dict[str, int], sample) -
     overrides = [f"+engine.llama_config.{k}={v}" for k, v in options.items()]
     launch = compose(["+variant=gguf_bf16", *overrides])
     with LlamaServer(folder, launch.serve, launch.engine, run_dir, served_model_name="bench", probe=False) as server:
-        records, resent = replay_greedy(server.target, load_workload(run.workload), run)
+        records = replay_greedy(server.target, load_workload(run.workload), run)
         tokens = llama_image_tokens(server.target, sample)
     errors = [r.error for r in records if r.error]
     if errors:
-        raise HarnessError(f"{len(errors)} requests failed twice on {folder.name}: {errors[0]}")
-    if resent:
-        print(f"{folder.name}: {resent} request(s) dropped by the server and sent again", flush=True)
+        raise HarnessError(f"{len(errors)} requests failed on {folder.name}: {errors[0]}")
     return records, str(tokens)
 
 

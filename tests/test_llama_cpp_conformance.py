@@ -132,7 +132,7 @@ def test_the_judges_launch_sees_the_image_at_the_hf_processors_budget(judged, pr
 def llama_answers(matched) -> list[str]:
     """gguf_bf16's greedy answers through llama-server at the HF image budget."""
     run = _run(GREEDY_ITEMS)
-    records, _ = replay_greedy(matched.target, load_workload(run.workload), run)
+    records = replay_greedy(matched.target, load_workload(run.workload), run)
     assert [r.error for r in records if r.error] == []
     return [r.output_text.strip() for r in records]
 
@@ -170,7 +170,7 @@ def test_greedy_answers_equal_transformers_as_the_checkpoint_configures_it(llama
 def _quality(server: LlamaServer) -> float:
     run = _run(QUALITY_ITEMS)
     samples = load_workload(run.workload)
-    records, _ = replay_greedy(server.target, samples, run)
+    records = replay_greedy(server.target, samples, run)
     return score(samples, records, metric=run.workload.metric).overall
 
 

@@ -129,19 +129,8 @@ def transformers_greedy(model_dir: Any, samples: Sequence[Any], max_tokens: int,
     return generate_records(model, processor, samples, max_tokens)
 
 
-def replay_greedy(target: ServerTarget, samples: Sequence[Any], run: Any) -> tuple[list[Any], int]:
-    """Records of one sequential replay of ``samples`` with ``run``'s sampling, and how many were sent twice.
-
-    A request that failed (on this 2-core machine under load llama-server sometimes drops a kept-alive
-    connection: aiohttp's ServerDisconnectedError, nothing in the server's log) is sent once more, so
-    one dropped connection does not count as a wrong answer here.
-    """
-    def played(chosen: Sequence[Any]) -> list[Any]:
-        return replay(target, chosen, run.workload, run.sampling, show_progress=False,
-                      chat_template_kwargs=run.serve.chat_template_kwargs).records
-
-    records = list(played(samples))
-    failed = [i for i, r in enumerate(records) if r.error]
-    for i, record in zip(failed, played([samples[i] for i in failed])):
-        records[i] = record
-    return records, len(failed)
+def replay_greedy(target: ServerTarget, samples: Sequence[Any], run: Any) -> list[Any]:
+    """Records of one sequential replay of ``samples`` with ``run``'s sampling (a connection the server
+    dropped before answering is resent by the replay client itself)."""
+    return list(replay(target, samples, run.workload, run.sampling, show_progress=False,
+                       chat_template_kwargs=run.serve.chat_template_kwargs).records)
